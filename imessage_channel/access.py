@@ -1,0 +1,690 @@
+"""access.json: the access-control state, its storage, and pairing (the I/O edge of the gate).
+
+This module owns everything that touches `<state dir>/access.json`, its lock file, and the
+`approved/` directory. The decision itself (deliver / drop / pair) is the pure function
+`imessage_channel.gate.decide`.
+
+Schema and semantics follow the official Claude Code iMessage plugin (`imessage@claude-plugins-official`,
+public repo anthropics/claude-plugins-official: `external_plugins/imessage/server.ts`,
+`external_plugins/imessage/ACCESS.md`, `external_plugins/imessage/skills/access/SKILL.md`), so both
+servers and the official `/imessage:access` skill can share one file:
+
+```json
+{
+  "dmPolicy": "allowlist",            // "allowlist" (default) | "pairing" | "disabled"
+  "allowFrom": ["+15551234567", "friend@icloud.com"],
+  "groups": {"iMessage;+;chat123": {"requireMention": true, "allowFrom": []}},
+  "pending": {"a4f91c": {"senderId": "...", "chatId": "...",
+                         "createdAt": 1700000000000, "expiresAt": 1700003600000, "replies": 1}},
+  "mentionPatterns": ["^claude\\\\b"],  // case-insensitive regexes
+  "textChunkLimit": 10000,            // optional, max 10000
+  "chunkMode": "length",              // optional, "length" (default) | "newline"
+  "appendSignature": true             // optional, default true (ACCESS.md)
+}
+```
+
+Times in `pending` are milliseconds since the Unix epoch (the official server's `Date.now()`).
+A missing file means the defaults: allowlist policy, empty lists (only self-chat passes).
+
+Differences from the official server, all deliberate:
+- unknown keys (top level, per group, per pending entry) survive a write; the official server drops them;
+- writes are atomic *and* fsynced, file 0600, directory 0700, and read-modify-write holds an advisory
+  lock (`locked`) shared with our CLI;
+- a corrupt file is moved aside under a UTC-timestamped name that never overwrites an earlier one, and
+  "corrupt" also covers a file of the wrong shape (the official server only catches invalid JSON);
+- handles are compared through `imessage_channel.handles.normalize_handle` and stored normalised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import json
+import logging
+import os
+import re
+import secrets
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from imessage_channel.handles import normalize_handle
+
+log = logging.getLogger("imessage_channel.access")
+
+ACCESS_FILE = "access.json"
+LOCK_FILE = "access.json.lock"
+APPROVED_DIR = "approved"
+
+#: Pairing limits from the official server.ts: a code is 3 random bytes as 6 lowercase hex chars,
+#: lives one hour, at most 3 codes are pending at once, and a sender gets at most 2 replies
+#: (the code, then one "still pending" reminder) before the server goes silent.
+PAIRING_CODE_TTL = timedelta(hours=1)
+MAX_PENDING = 3
+MAX_PAIRING_REPLIES = 2
+
+#: `textChunkLimit` ceiling and default (official server.ts `MAX_CHUNK_LIMIT`).
+MAX_TEXT_CHUNK_LIMIT = 10000
+
+#: The confirmation the server sends when it finds an `approved/<senderId>` file (official wording).
+PAIRED_CONFIRMATION = "Paired! Say hi to Claude."
+
+
+class DmPolicy(StrEnum):
+    """`dmPolicy`: what happens to a DM from a sender who is not in `allowFrom` (and not self-chat).
+
+    `allowlist` drops silently (the default: the server reads the owner's personal chat.db, so every
+    friend's text reaches the gate); `pairing` answers with a pairing code; `disabled` drops everything
+    except self-chat, groups included (official server.ts `gate`).
+    """
+
+    ALLOWLIST = "allowlist"
+    PAIRING = "pairing"
+    DISABLED = "disabled"
+
+
+class ChunkMode(StrEnum):
+    """`chunkMode`: `length` cuts at the limit (default), `newline` prefers paragraph boundaries."""
+
+    LENGTH = "length"
+    NEWLINE = "newline"
+
+
+class AccessShapeError(ValueError):
+    """access.json parsed as JSON but does not have the schema's shape (the message says where)."""
+
+
+class AccessReadOnlyError(RuntimeError):
+    """A write was attempted through a static `AccessStore` (IMESSAGE_ACCESS_MODE=static)."""
+
+
+class PairingError(ValueError):
+    """A pairing code could not be approved or denied."""
+
+
+class UnknownCodeError(PairingError):
+    """No pending pairing has this code."""
+
+
+class ExpiredCodeError(PairingError):
+    """The pairing code exists but its one-hour lifetime is over."""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPolicy:
+    """`groups[<chat GUID>]`: a group chat the owner opted in.
+
+    `require_mention` (`requireMention`, default true): deliver only texts matching a `mentionPatterns`
+    regex. `allow_from` (`allowFrom`, default empty = any member): senders allowed to trigger.
+    `extra` keeps keys this version does not know, so a write does not lose them.
+    """
+
+    require_mention: bool = True
+    allow_from: tuple[str, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """`pending[<code>]`: a pairing code sent to `sender_id` in chat `chat_id` (a chat GUID).
+
+    `created_at`/`expires_at` are milliseconds since the Unix epoch; `replies` counts messages sent to
+    the sender for this code (1 after the first, missing in the file means 1, as in server.ts).
+    """
+
+    sender_id: str
+    chat_id: str
+    created_at: int
+    expires_at: int
+    replies: int = 1
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """Typed, read-only view of access.json (treat the mappings as immutable; use `dataclasses.replace`).
+
+    Optional keys the file may omit (`mentionPatterns`, `textChunkLimit`, `chunkMode`,
+    `appendSignature`) are `None` when absent and are then not written back. `extra` holds unknown
+    top-level keys.
+    """
+
+    dm_policy: DmPolicy = DmPolicy.ALLOWLIST
+    allow_from: tuple[str, ...] = ()
+    groups: Mapping[str, GroupPolicy] = field(default_factory=dict)
+    pending: Mapping[str, Pending] = field(default_factory=dict)
+    mention_patterns: tuple[str, ...] | None = None
+    text_chunk_limit: int | None = None
+    chunk_mode: ChunkMode | None = None
+    append_signature: bool | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def effective_text_chunk_limit(self) -> int:
+        """`textChunkLimit` clamped to 1..10000; 10000 when absent (official server.ts `reply`)."""
+        limit = MAX_TEXT_CHUNK_LIMIT if self.text_chunk_limit is None else self.text_chunk_limit
+        return max(1, min(limit, MAX_TEXT_CHUNK_LIMIT))
+
+    @property
+    def effective_chunk_mode(self) -> ChunkMode:
+        """`chunkMode`, `length` when absent."""
+        return self.chunk_mode or ChunkMode.LENGTH
+
+    @classmethod
+    def from_json(cls, data: object) -> Access:
+        """Build an `Access` from parsed access.json; missing keys (or JSON `null`) take defaults.
+
+        Raises `AccessShapeError` when a known key has the wrong type or an out-of-schema value
+        (e.g. `dmPolicy: "open"`, `allowFrom: "x"`), or when `data` is not an object.
+        """
+        obj = _obj(data, "access.json")
+        policy = obj.get("dmPolicy")
+        if policy is not None and policy not in DmPolicy._value2member_map_:
+            raise AccessShapeError(f"dmPolicy: expected one of allowlist|pairing|disabled, got {policy!r}")
+        mode = obj.get("chunkMode")
+        if mode is not None and mode not in ChunkMode._value2member_map_:
+            raise AccessShapeError(f"chunkMode: expected length|newline, got {mode!r}")
+        patterns = obj.get("mentionPatterns")
+        limit = obj.get("textChunkLimit")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise AccessShapeError(f"textChunkLimit: expected an integer, got {limit!r}")
+        signature = obj.get("appendSignature")
+        if signature is not None and not isinstance(signature, bool):
+            raise AccessShapeError(f"appendSignature: expected a boolean, got {signature!r}")
+        return cls(
+            dm_policy=DmPolicy(policy) if policy is not None else DmPolicy.ALLOWLIST,
+            allow_from=_strings(obj.get("allowFrom"), "allowFrom"),
+            groups={
+                guid: _group_from_json(g, f"groups[{guid!r}]")
+                for guid, g in _obj(obj.get("groups", {}) or {}, "groups").items()
+            },
+            pending={
+                code: _pending_from_json(p, f"pending[{code!r}]")
+                for code, p in _obj(obj.get("pending", {}) or {}, "pending").items()
+            },
+            mention_patterns=None if patterns is None else _strings(patterns, "mentionPatterns"),
+            text_chunk_limit=limit,
+            chunk_mode=ChunkMode(mode) if mode is not None else None,
+            append_signature=signature,
+            extra={k: v for k, v in obj.items() if k not in _KNOWN_KEYS},
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The access.json object: known keys in the official order, absent optionals omitted,
+        unknown keys (top level, per group, per pending entry) kept."""
+        out: dict[str, Any] = {
+            "dmPolicy": self.dm_policy.value,
+            "allowFrom": list(self.allow_from),
+            "groups": {
+                guid: {"requireMention": g.require_mention, "allowFrom": list(g.allow_from), **g.extra}
+                for guid, g in self.groups.items()
+            },
+            "pending": {
+                code: {
+                    "senderId": p.sender_id,
+                    "chatId": p.chat_id,
+                    "createdAt": p.created_at,
+                    "expiresAt": p.expires_at,
+                    "replies": p.replies,
+                    **p.extra,
+                }
+                for code, p in self.pending.items()
+            },
+        }
+        if self.mention_patterns is not None:
+            out["mentionPatterns"] = list(self.mention_patterns)
+        if self.text_chunk_limit is not None:
+            out["textChunkLimit"] = self.text_chunk_limit
+        if self.chunk_mode is not None:
+            out["chunkMode"] = self.chunk_mode.value
+        if self.append_signature is not None:
+            out["appendSignature"] = self.append_signature
+        out.update(self.extra)
+        return out
+
+
+_KNOWN_KEYS = frozenset(
+    {
+        "dmPolicy",
+        "allowFrom",
+        "groups",
+        "pending",
+        "mentionPatterns",
+        "textChunkLimit",
+        "chunkMode",
+        "appendSignature",
+    }
+)
+
+
+def _obj(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise AccessShapeError(f"{where}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def _strings(value: object, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise AccessShapeError(f"{where}: expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _number(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AccessShapeError(f"{where}: expected a number, got {value!r}")
+    return int(value)
+
+
+def _group_from_json(value: object, where: str) -> GroupPolicy:
+    obj = _obj(value, where)
+    require = obj.get("requireMention")
+    if require is not None and not isinstance(require, bool):
+        raise AccessShapeError(f"{where}.requireMention: expected a boolean, got {require!r}")
+    return GroupPolicy(
+        require_mention=True if require is None else require,
+        allow_from=_strings(obj.get("allowFrom"), f"{where}.allowFrom"),
+        extra={k: v for k, v in obj.items() if k not in ("requireMention", "allowFrom")},
+    )
+
+
+def _pending_from_json(value: object, where: str) -> Pending:
+    obj = _obj(value, where)
+    sender, chat = obj.get("senderId"), obj.get("chatId")
+    if not isinstance(sender, str) or not isinstance(chat, str):
+        raise AccessShapeError(f"{where}: senderId and chatId must be strings")
+    replies = obj.get("replies")
+    return Pending(
+        sender_id=sender,
+        chat_id=chat,
+        created_at=_number(obj.get("createdAt"), f"{where}.createdAt"),
+        expires_at=_number(obj.get("expiresAt"), f"{where}.expiresAt"),
+        replies=1 if replies is None else _number(replies, f"{where}.replies"),
+        extra={k: v for k, v in obj.items() if k not in ("senderId", "chatId", "createdAt", "expiresAt", "replies")},
+    )
+
+
+# --- pure edits ---------------------------------------------------------------------------------
+
+
+def _ms(now: datetime) -> int:
+    """Milliseconds since the Unix epoch; a naive `now` is taken as UTC."""
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    return int(now.timestamp() * 1000)
+
+
+def is_allowed(handles: Sequence[str], handle: str) -> bool:
+    """True when `handle` is in `handles` under `normalize_handle` (emails by case, phones by digits)."""
+    wanted = normalize_handle(handle)
+    return bool(wanted) and any(normalize_handle(h) == wanted for h in handles)
+
+
+def allow(access: Access, handle: str) -> Access:
+    """`access` with `normalize_handle(handle)` added to `allowFrom` unless an equal handle is there."""
+    if is_allowed(access.allow_from, handle):
+        return access
+    return replace(access, allow_from=(*access.allow_from, normalize_handle(handle)))
+
+
+def disallow(access: Access, handle: str) -> Access:
+    """`access` without any `allowFrom` entry equal to `handle` under `normalize_handle`."""
+    wanted = normalize_handle(handle)
+    return replace(access, allow_from=tuple(h for h in access.allow_from if normalize_handle(h) != wanted))
+
+
+def prune_expired(access: Access, now: datetime) -> Access:
+    """`access` without pending codes whose `expiresAt` is before `now` (a code is still valid at
+    exactly `expiresAt`, as in server.ts `pruneExpired`). Returns `access` itself when nothing expired."""
+    t = _ms(now)
+    kept = {code: p for code, p in access.pending.items() if p.expires_at >= t}
+    return access if len(kept) == len(access.pending) else replace(access, pending=kept)
+
+
+class PairingStatus(StrEnum):
+    """What `issue_pairing_code` decided: send a new code, re-send the pending one, or stay silent."""
+
+    ISSUED = "issued"
+    RESENT = "resent"
+    SILENT = "silent"
+
+
+@dataclass(frozen=True, slots=True)
+class PairingOutcome:
+    """Result of `issue_pairing_code`.
+
+    `reason` is a stable slug: `new-code`, `reminder`, `reply-limit` (the sender already had its 2
+    replies), `pending-limit` (3 other codes pending). `code` is None only when `status` is SILENT.
+    """
+
+    status: PairingStatus
+    code: str | None
+    reason: str
+
+    @property
+    def should_reply(self) -> bool:
+        """True when the server should text `message()` to the sender's chat."""
+        return self.status is not PairingStatus.SILENT
+
+    def message(self) -> str:
+        """The text sent to the sender: the official wording, "Pairing required" for a new code and
+        "Still pending" for the reminder, followed by the command the owner runs in Claude Code."""
+        if self.code is None:
+            raise ValueError("a silent pairing outcome has no message")
+        lead = "Still pending" if self.status is PairingStatus.RESENT else "Pairing required"
+        return f"{lead} — run in Claude Code:\n\n/imessage:access pair {self.code}"
+
+
+def issue_pairing_code(
+    access: Access,
+    sender: str,
+    chat_id: str,
+    now: datetime,
+    rng: Callable[[int], bytes] = secrets.token_bytes,
+) -> tuple[Access, PairingOutcome]:
+    """Pairing step for a DM from `sender` (a handle) in chat `chat_id` (a chat GUID) at `now`.
+
+    Call it when the gate answered PAIR. Semantics of server.ts `gate` under `dmPolicy: "pairing"`:
+    expired codes are pruned first; a sender that already has a pending code gets the same code
+    again (replies + 1) until it has had `MAX_PAIRING_REPLIES` (2) replies, then silence; otherwise,
+    with fewer than `MAX_PENDING` (3) codes pending, a new code (`rng(3)` as 6 hex chars, expiring
+    after one hour, replies = 1) is recorded for the normalised sender. `rng` is injectable for tests.
+    Returns the new `Access` (to save) and the outcome.
+    """
+    access = prune_expired(access, now)
+    wanted = normalize_handle(sender)
+    for code, p in access.pending.items():
+        if normalize_handle(p.sender_id) == wanted:
+            if p.replies >= MAX_PAIRING_REPLIES:
+                return access, PairingOutcome(PairingStatus.SILENT, None, "reply-limit")
+            pending = {**access.pending, code: replace(p, replies=p.replies + 1)}
+            return replace(access, pending=pending), PairingOutcome(PairingStatus.RESENT, code, "reminder")
+    if len(access.pending) >= MAX_PENDING:
+        return access, PairingOutcome(PairingStatus.SILENT, None, "pending-limit")
+    code = rng(3).hex()
+    while code in access.pending:
+        code = rng(3).hex()
+    t = _ms(now)
+    entry = Pending(
+        sender_id=wanted,
+        chat_id=chat_id,
+        created_at=t,
+        expires_at=t + int(PAIRING_CODE_TTL.total_seconds() * 1000),
+        replies=1,
+    )
+    access = replace(access, pending={**access.pending, code: entry})
+    return access, PairingOutcome(PairingStatus.ISSUED, code, "new-code")
+
+
+def approve(access: Access, code: str, now: datetime) -> tuple[Access, Pending]:
+    """Approve pairing `code` (surrounding space and case ignored) at `now`.
+
+    As the official access skill's `pair <code>`: the sender is added to `allowFrom` (deduplicated by
+    `normalize_handle`) and the code removed. Returns the new `Access` and the approved `Pending`
+    entry (its `sender_id` and `chat_id` name the `approved/` file to write, see `write_approval`).
+    Raises `UnknownCodeError` when no such code is pending, `ExpiredCodeError` when it expired
+    (`expiresAt` before `now`); the access is then unchanged.
+    """
+    key = code.strip().lower()
+    entry = access.pending.get(key)
+    if entry is None:
+        raise UnknownCodeError(f"no pending pairing with code {key!r}")
+    if entry.expires_at < _ms(now):
+        raise ExpiredCodeError(f"pairing code {key!r} has expired; the sender must text again for a new one")
+    pending = {c: p for c, p in access.pending.items() if c != key}
+    return allow(replace(access, pending=pending), entry.sender_id), entry
+
+
+def deny(access: Access, code: str) -> Access:
+    """Discard pairing `code` (expired or not), as the skill's `deny <code>`.
+
+    Raises `UnknownCodeError` when no such code is pending.
+    """
+    key = code.strip().lower()
+    if key not in access.pending:
+        raise UnknownCodeError(f"no pending pairing with code {key!r}")
+    return replace(access, pending={c: p for c, p in access.pending.items() if c != key})
+
+
+# --- storage ------------------------------------------------------------------------------------
+
+
+def state_dir() -> Path:
+    """The state directory: env `IMESSAGE_STATE_DIR` (`~` expanded), default `~/.claude/channels/imessage`
+    (the official plugin's variable and default)."""
+    env = os.environ.get("IMESSAGE_STATE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".claude" / "channels" / "imessage"
+
+
+def static_mode() -> bool:
+    """True when env `IMESSAGE_ACCESS_MODE` is exactly `static` (official server.ts `STATIC`)."""
+    return os.environ.get("IMESSAGE_ACCESS_MODE") == "static"
+
+
+def _ensure_dir(path: Path) -> None:
+    """Create `path` (and parents) with mode 0700; tighten an existing one we own to 0700."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(PermissionError):
+        os.chmod(path, 0o700)
+
+
+@contextlib.contextmanager
+def locked(state: Path) -> Iterator[None]:
+    """Hold the exclusive advisory lock `<state>/access.json.lock` (fcntl.flock) for a read-modify-write.
+
+    Shared by `AccessStore.update` and the CLI; it blocks until the lock is free. Not re-entrant:
+    a second `locked` in the same process while the first is held deadlocks (flock locks belong to
+    the open file). Creates the state directory (0700) and the lock file (0600) when missing.
+    """
+    _ensure_dir(state)
+    fd = os.open(state / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically: temp file in the same directory, fsync, os.replace, 0600."""
+    _ensure_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+_StatKey = tuple[int, int, int]
+
+
+def _stat_key(path: Path) -> _StatKey | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class AccessStore:
+    """access.json in `state` (see `state_dir`), re-read when it changes.
+
+    `load()` is cheap to call per inbound message: the parsed `Access` is cached by the file's
+    `(st_mtime_ns, st_size, st_ino)` and parsed again only when that changes (the official server
+    re-reads on every message; ACCESS.md: edits apply without a restart).
+
+    With `static=True` (env `IMESSAGE_ACCESS_MODE=static`) the file is read once, here, and never
+    re-read or written; as in server.ts, a `pairing` policy is downgraded to `allowlist` (pairing
+    needs runtime writes) and pending codes are dropped. `save`/`update` then raise
+    `AccessReadOnlyError`.
+
+    A file that is not JSON or not of the schema's shape is moved aside to
+    `access.json.corrupt-<UTC timestamp>` (never over an existing file), a warning is logged on
+    logger "imessage_channel.access", and the defaults are used. An unreadable file (permissions)
+    raises `OSError`. Regexes in `mentionPatterns` that do not compile are logged once per new file
+    version; the gate skips them.
+    """
+
+    def __init__(self, state: Path, *, static: bool = False) -> None:
+        self.state_dir = state
+        self.path = state / ACCESS_FILE
+        self.static = static
+        self._cached: tuple[_StatKey | None, Access] | None = None
+        self._boot: Access | None = None
+        if static:
+            boot = self._read(holding_lock=False)
+            if boot.dm_policy is DmPolicy.PAIRING:
+                log.warning('static mode: dmPolicy "pairing" downgraded to "allowlist"')
+                boot = replace(boot, dm_policy=DmPolicy.ALLOWLIST)
+            self._boot = replace(boot, pending={})
+
+    @classmethod
+    def from_env(cls) -> AccessStore:
+        """The store for `state_dir()`, static when `static_mode()`."""
+        return cls(state_dir(), static=static_mode())
+
+    def load(self) -> Access:
+        """The current access (defaults when the file is missing); see the class docstring."""
+        if self._boot is not None:
+            return self._boot
+        return self._read(holding_lock=False)
+
+    def save(self, access: Access) -> None:
+        """Write `access` atomically (temp + fsync + os.replace; file 0600, directory 0700), as 2-space
+        indented JSON with a trailing newline. Prefer `update` when the write depends on a read."""
+        if self.static:
+            raise AccessReadOnlyError("access.json is static (IMESSAGE_ACCESS_MODE=static); not writing")
+        text = json.dumps(access.to_json(), indent=2, ensure_ascii=False) + "\n"
+        _atomic_write(self.path, text.encode("utf-8"))
+        self._cached = (_stat_key(self.path), access)
+
+    def update(self, fn: Callable[[Access], Access]) -> Access:
+        """Read-modify-write under `locked(state_dir)`: `fn(current)` is saved (unless it returns the
+        very object it got) and returned. Serialises with other processes using the same lock."""
+        if self.static:
+            raise AccessReadOnlyError("access.json is static (IMESSAGE_ACCESS_MODE=static); not writing")
+        with locked(self.state_dir):
+            current = self._read(holding_lock=True)
+            new = fn(current)
+            if new is not current:
+                self.save(new)
+            return new
+
+    def _read(self, *, holding_lock: bool) -> Access:
+        key = _stat_key(self.path)
+        cached = self._cached
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        if key is None:
+            access = Access()
+        else:
+            try:
+                access = Access.from_json(json.loads(self.path.read_bytes()))
+            except FileNotFoundError:  # deleted between stat and read: same as missing
+                return Access()
+            except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, AccessShapeError
+                self._move_corrupt_aside(key, exc, holding_lock=holding_lock)
+                return self._read(holding_lock=holding_lock)  # now missing, or a writer's new file
+            _log_bad_patterns(access.mention_patterns or ())
+        self._cached = (key, access)
+        return access
+
+    def _move_corrupt_aside(self, key: _StatKey, exc: Exception, *, holding_lock: bool) -> None:
+        """Move the corrupt file aside, under the lock and only if it is still the file we parsed
+        (a writer may have replaced it meanwhile)."""
+        with contextlib.ExitStack() as stack:
+            if not holding_lock:
+                stack.enter_context(locked(self.state_dir))
+            if _stat_key(self.path) == key:
+                aside = _move_aside(self.path)
+                log.warning("access.json is corrupt (%s); moved aside to %s, using defaults", exc, aside.name)
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename `path` to `<name>.corrupt-<UTC YYYYmmddTHHMMSSZ>[-N]`, never replacing an existing file
+    (a hard link fails rather than overwrite; where links are unsupported, check then rename)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for n in itertools.count():
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}" + (f"-{n}" if n else ""))
+        try:
+            os.link(path, aside)
+        except FileExistsError:
+            continue
+        except OSError:
+            if aside.exists():
+                continue
+            os.rename(path, aside)
+            return aside
+        os.unlink(path)
+        return aside
+    raise AssertionError("unreachable")
+
+
+def _log_bad_patterns(patterns: tuple[str, ...]) -> None:
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            log.warning("mentionPatterns: skipping invalid regex %r (%s)", pattern, exc)
+
+
+# --- approved/ ----------------------------------------------------------------------------------
+
+
+def _approval_path(state: Path, sender: str) -> Path:
+    if not sender or sender in (".", "..") or "/" in sender or "\0" in sender or sender.startswith("."):
+        raise ValueError(f"not a usable sender id for approved/: {sender!r}")
+    return state / APPROVED_DIR / sender
+
+
+def write_approval(state: Path, sender: str, chat_id: str) -> None:
+    """Write `approved/<sender>` containing `chat_id`, as the access skill does after `pair`.
+
+    The running server answers it with `PAIRED_CONFIRMATION` in that chat. Raises `ValueError` for a
+    sender id that cannot be a plain file name (contains `/`, NUL, or starts with `.`).
+    """
+    path = _approval_path(state, sender)
+    _ensure_dir(state)
+    _atomic_write(path, chat_id.encode("utf-8"))
+
+
+def pending_approvals(state: Path) -> list[str]:
+    """Sender ids with an `approved/<senderId>` file, sorted; empty when the directory is missing.
+    Dot-files (our temp files) are skipped."""
+    try:
+        names = os.listdir(state / APPROVED_DIR)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(n for n in names if not n.startswith("."))
+
+
+def consume_approval(state: Path, sender: str) -> str | None:
+    """Read and delete `approved/<sender>`; return the chat GUID it holds (stripped), or None when the
+    file is empty, unreadable or gone. The caller sends `PAIRED_CONFIRMATION` to that chat (the
+    official server deletes the file whether or not that send succeeds)."""
+    path = _approval_path(state, sender)
+    try:
+        chat = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        chat = ""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    return chat or None

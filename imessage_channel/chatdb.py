@@ -1,0 +1,651 @@
+"""Read-only access to the Messages database (`~/Library/Messages/chat.db`).
+
+This module owns every SQL statement the channel runs against chat.db and turns rows into typed
+`Message`, `Chat` and `Attachment` records. It never writes: the database is opened with
+`file:…?mode=ro` (never `immutable=1`, which would hide rows Messages commits later, design §4), in
+autocommit mode, and every query is fully fetched before the call returns, so no read transaction
+stays open between calls and Messages' WAL checkpoints are never held back.
+
+Columns are probed once with `PRAGMA table_info` and selected by name; a column a macOS release lacks
+is read as NULL (treated like 0). That keeps Monterey (12) through Tahoe (26) working from one code
+path: Ventura added `date_edited`/`date_retracted`, Sequoia `associated_message_emoji`, Tahoe lets the
+date columns be NULL (design §4, BlueBubbles' per-release sample databases).
+
+Every query is bounded (a LIMIT) and served by one of Apple's own indexes:
+- rows after a watermark: the `message` ROWID primary key;
+- last N of a chat: `chat_message_join_idx_message_date_id_chat_id (chat_id, message_date, message_id)`;
+- chats of a handle / participants of a chat: `chat_handle_join` and its `handle_id` index.
+"""
+
+from __future__ import annotations
+
+import os
+import plistlib
+import sqlite3
+import threading
+import urllib.parse
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+
+from .appletime import APPLE_EPOCH, from_apple
+from .handles import normalize_handle, strip_account_prefix
+from .typedstream import decode_attributed_body
+
+DEFAULT_DB_PATH = Path("~/Library/Messages/chat.db")
+"""Where Messages keeps its database on every macOS release since 10.4."""
+
+OBJECT_REPLACEMENT = "\ufffc"
+"""U+FFFC: the placeholder Messages puts in the text for each attachment (and each inline sticker)."""
+
+STYLE_GROUP = 43
+STYLE_DM = 45
+"""`chat.style`: 43 = group chat, 45 = one-to-one (design §4). Anything else is "unknown"."""
+
+OWNER_SCAN_ROWS = 20_000
+"""How many of the newest `message` rows owner detection reads. Owner aliases in use show up in
+recent sent rows; scanning a fixed window keeps start-up O(1) in the size of the history."""
+
+
+class ChatDBError(Exception):
+    """chat.db cannot be opened or read. `str(err)` is a paragraph meant for the user."""
+
+
+FULL_DISK_ACCESS_HELP = (
+    "macOS protects ~/Library/Messages: the program that runs imessage-channel needs Full Disk "
+    "Access. Open System Settings → Privacy & Security → Full Disk Access, add your terminal "
+    "(Terminal, iTerm, …) or the app that starts Claude Code, switch it on, and restart that app. "
+    "To read another database, pass --db PATH or set IMESSAGE_DB_PATH."
+)
+
+
+class Kind(StrEnum):
+    """What a `message` row is, as the channel sees it (first match wins, in this order)."""
+
+    UNSEND = "unsend"  # date_retracted set: the sender took the message back (Ventura+)
+    EDIT = "edit"  # date_edited set: the text was edited after sending (Ventura+)
+    TAPBACK = "tapback"  # associated_message_type 2000–2007
+    TAPBACK_REMOVAL = "tapback_removal"  # associated_message_type 3000–3007
+    GROUP_EVENT = "group_event"  # item_type ≠ 0: member added/removed, renamed, photo changed, left
+    REPLY = "reply"  # thread_originator_guid set: an inline reply
+    TEXT = "text"  # an ordinary message with text and/or attachments
+    RECEIPT = "receipt"  # no text, no attachment: whitespace-only rows Messages writes for receipts
+
+
+TAPBACKS: dict[int, tuple[str, str]] = {
+    0: ("love", "❤️"),
+    1: ("like", "👍"),
+    2: ("dislike", "👎"),
+    3: ("laugh", "😂"),
+    4: ("emphasize", "‼️"),
+    5: ("question", "❓"),
+    6: ("emoji", ""),  # iOS 18 / macOS 15: any emoji, in message.associated_message_emoji
+    7: ("sticker", ""),  # iOS 18 / macOS 15: a sticker placed as a reaction
+}
+"""`associated_message_type` − 2000 (add) or − 3000 (remove) → (reaction name, emoji).
+Source: design §4; imessage-exporter's `Tapback` variants."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tapback:
+    """A reaction row. `target_guid` is the reacted-to message's GUID with the `p:N/` or `bp:`
+    prefix removed; `target_part` is N (the message part, 0 for the text) or None."""
+
+    reaction: str
+    emoji: str
+    target_guid: str
+    target_part: int | None
+    removed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """One row of `attachment` joined to a message. `path` has `~` expanded (chat.db stores
+    `~/Library/Messages/Attachments/…`); it may not exist yet while `transfer_state` ≠ 5 (finished)."""
+
+    rowid: int
+    guid: str
+    path: str | None
+    mime_type: str | None
+    uti: str | None
+    transfer_name: str | None
+    transfer_state: int
+    total_bytes: int
+    is_sticker: bool = False
+
+    @property
+    def is_image(self) -> bool:
+        """True for `image/*` MIME types (HEIC included)."""
+        return bool(self.mime_type and self.mime_type.startswith("image/"))
+
+    @property
+    def name(self) -> str:
+        """A display name: the transfer name, else the file name, else the GUID."""
+        if self.transfer_name:
+            return self.transfer_name
+        if self.path:
+            return os.path.basename(self.path)
+        return self.guid
+
+
+@dataclass(frozen=True, slots=True)
+class Chat:
+    """A row of `chat`. `style` is 43 (group), 45 (DM) or something unknown."""
+
+    rowid: int
+    guid: str
+    style: int | None
+    chat_identifier: str
+    service_name: str | None
+    display_name: str | None
+
+    @property
+    def is_group(self) -> bool:
+        return self.style == STYLE_GROUP
+
+    @property
+    def is_dm(self) -> bool:
+        return self.style == STYLE_DM
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One `message` row, decoded.
+
+    - `rowid`: message.ROWID (monotonic per database; the watermark).
+    - `chat_guid`/`chat_style`/`chat_rowid`: from the row's `chat_message_join`; None while Messages
+      has not written the join yet (a row can be visible before its join, design §5).
+    - `handle`: `handle.id` of `message.handle_id` — the sender of an inbound row, the other party of a
+      sent DM row, None when handle_id is 0.
+    - `sender`: who wrote it: `handle` for inbound rows; for sent rows the owner's address from
+      `account` (prefix stripped, normalised), or None when unknown.
+    - `date`: UTC; from ns or legacy seconds. `text`: from `text`, else from the decoded
+      `attributedBody`, with U+FFFC attachment placeholders removed and ends stripped.
+    """
+
+    rowid: int
+    guid: str
+    chat_guid: str | None
+    chat_style: int | None
+    chat_rowid: int | None
+    handle: str | None
+    sender: str | None
+    service: str
+    is_from_me: bool
+    date: datetime | None
+    text: str
+    kind: Kind
+    attachments: tuple[Attachment, ...] = ()
+    tapback: Tapback | None = None
+    reply_to: str | None = None
+    account: str | None = None
+    destination_caller_id: str | None = None
+    item_type: int = 0
+    group_action_type: int = 0
+    group_title: str | None = None
+    date_edited: datetime | None = None
+    date_retracted: datetime | None = None
+    edit_history: tuple[str, ...] = ()
+    mentions: tuple[str, ...] = field(default=())
+
+    @property
+    def is_dm(self) -> bool:
+        return self.chat_style == STYLE_DM
+
+    @property
+    def is_group(self) -> bool:
+        return self.chat_style == STYLE_GROUP
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure decoding helpers
+
+
+def parse_associated_guid(value: str | None) -> tuple[str, int | None] | None:
+    """Split `associated_message_guid` into (target GUID, part index).
+
+    Forms seen in chat.db: `p:0/GUID` (part 0 of GUID), `bp:GUID` (a balloon/plugin message), and a
+    bare `GUID` (older releases). Returns None for NULL/empty.
+    """
+    if not value:
+        return None
+    if value.startswith("p:") and "/" in value:
+        head, _, guid = value.partition("/")
+        try:
+            return guid, int(head[2:])
+        except ValueError:
+            return guid, None
+    if value.startswith("bp:"):
+        return value[3:], None
+    return value, None
+
+
+def tapback_of(assoc_type: int, guid: str | None, emoji: str | None) -> Tapback | None:
+    """Build a `Tapback` from `associated_message_type` (2000–2007 add, 3000–3007 remove), the
+    associated GUID and `associated_message_emoji` (Sequoia+). None when the type is not a tapback."""
+    if 2000 <= assoc_type <= 2007:
+        removed, code = False, assoc_type - 2000
+    elif 3000 <= assoc_type <= 3007:
+        removed, code = True, assoc_type - 3000
+    else:
+        return None
+    target = parse_associated_guid(guid) or ("", None)
+    name, default_emoji = TAPBACKS[code]
+    return Tapback(name, emoji or default_emoji, target[0], target[1], removed)
+
+
+def clean_text(text: str | None) -> str:
+    """Remove U+FFFC attachment placeholders and surrounding white space."""
+    if not text:
+        return ""
+    return text.replace(OBJECT_REPLACEMENT, "").strip()
+
+
+def decode_edit_history(summary_info: bytes | None) -> tuple[str, ...]:
+    """Texts of earlier versions of an edited message, oldest first.
+
+    `message_summary_info` is a binary plist (Ventura+); its `ec` key maps a part index to a list of
+    `{d: date, t: attributedBody}` dicts (imessage-exporter's `EditedMessage` docs). Never raises:
+    undecodable input yields ().
+    """
+    if not summary_info:
+        return ()
+    try:
+        info = plistlib.loads(summary_info)
+    except Exception:
+        return ()
+    edits = info.get("ec") if isinstance(info, dict) else None
+    if not isinstance(edits, dict):
+        return ()
+    texts: list[str] = []
+    for part in sorted(edits, key=str):
+        versions = edits[part]
+        if not isinstance(versions, list):
+            continue
+        for version in versions:
+            blob = version.get("t") if isinstance(version, dict) else None
+            decoded = decode_attributed_body(blob) if isinstance(blob, bytes) else None
+            if decoded is not None:
+                texts.append(clean_text(decoded.text))
+    return tuple(texts)
+
+
+def classify(
+    *,
+    text: str,
+    has_attachments: bool,
+    assoc_type: int,
+    item_type: int,
+    thread_originator_guid: str | None,
+    date_edited: int | None,
+    date_retracted: int | None,
+) -> Kind:
+    """Decide a row's `Kind` from its columns (NULL passed as 0/None). Order matters: an unsent
+    reply is an unsend; a tapback is never a text even when older releases fill `text` with
+    "Liked “…”". See `Kind` for the meaning of each."""
+    if date_retracted:
+        return Kind.UNSEND
+    if date_edited:
+        return Kind.EDIT
+    if 2000 <= assoc_type <= 2007:
+        return Kind.TAPBACK
+    if 3000 <= assoc_type <= 3007:
+        return Kind.TAPBACK_REMOVAL
+    if item_type:
+        return Kind.GROUP_EVENT
+    if not text and not has_attachments:
+        return Kind.RECEIPT
+    if thread_originator_guid:
+        return Kind.REPLY
+    return Kind.TEXT
+
+
+# --------------------------------------------------------------------------------------------------
+# The reader
+
+_OPTIONAL_MESSAGE_COLUMNS = (
+    "text",
+    "attributedBody",
+    "handle_id",
+    "service",
+    "is_from_me",
+    "date",
+    "account",
+    "destination_caller_id",
+    "associated_message_guid",
+    "associated_message_type",
+    "associated_message_emoji",
+    "thread_originator_guid",
+    "item_type",
+    "group_action_type",
+    "group_title",
+    "date_edited",
+    "date_retracted",
+    "message_summary_info",
+    "cache_has_attachments",
+)
+
+
+def _uri(path: Path) -> str:
+    return "file:" + urllib.parse.quote(str(path)) + "?mode=ro"
+
+
+class ChatDB:
+    """A read-only connection to one chat.db.
+
+    Thread-safe (one lock around the connection): the watcher thread and tool handlers share it.
+    Raises `ChatDBError` with a user-facing explanation when the file is missing or unreadable
+    (on macOS that is almost always missing Full Disk Access).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).expanduser()
+        self._lock = threading.Lock()
+        self._conn = self._open()
+        self._columns = self._probe("message")
+        self._attachment_columns = self._probe("attachment")
+        self._select = self._build_select()
+
+    # -- connection ----------------------------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        if not self.path.exists():
+            raise ChatDBError(
+                f"No Messages database at {self.path}. On a Mac, Messages creates it the first time "
+                f"it runs; if it exists but is hidden from this program, that is Full Disk Access. "
+                + FULL_DISK_ACCESS_HELP
+            )
+        try:
+            conn = sqlite3.connect(_uri(self.path), uri=True, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA query_only = 1")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except (sqlite3.Error, OSError) as exc:
+            raise ChatDBError(
+                f"Cannot read the Messages database at {self.path} ({exc}). " + FULL_DISK_ACCESS_HELP
+            ) from exc
+        return conn
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> ChatDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        try:
+            with self._lock:
+                return self._conn.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise ChatDBError(f"Reading {self.path} failed: {exc}") from exc
+
+    def _probe(self, table: str) -> frozenset[str]:
+        rows = self._query(f"PRAGMA table_info({table})")
+        if not rows:
+            raise ChatDBError(f"{self.path} has no `{table}` table: it is not a Messages database.")
+        return frozenset(r[1] for r in rows)
+
+    @property
+    def message_columns(self) -> frozenset[str]:
+        """Column names of `message` in this database (as probed at open)."""
+        return self._columns
+
+    def data_version(self) -> int:
+        """`PRAGMA data_version`: changes whenever another connection commits (cheap change test)."""
+        return int(self._query("PRAGMA data_version")[0][0])
+
+    # -- messages ------------------------------------------------------------------------------
+    def _build_select(self) -> str:
+        cols = [f"m.{c}" if c in self._columns else f"NULL AS {c}" for c in _OPTIONAL_MESSAGE_COLUMNS]
+        return (
+            "SELECT m.ROWID, m.guid, h.id, c.ROWID, c.guid, c.style, " + ", ".join(cols) + " FROM message m"
+            " LEFT JOIN handle h ON h.ROWID = m.handle_id"
+            " LEFT JOIN chat c ON c.ROWID ="
+            " (SELECT chat_id FROM chat_message_join WHERE message_id = m.ROWID ORDER BY chat_id LIMIT 1)"
+        )
+
+    def max_rowid(self) -> int:
+        """`MAX(message.ROWID)`, 0 for an empty table (the start-up watermark)."""
+        return int(self._query("SELECT COALESCE(MAX(ROWID), 0) FROM message")[0][0])
+
+    def messages_after(self, rowid: int, limit: int = 500) -> list[Message]:
+        """Rows with ROWID > `rowid`, oldest first, at most `limit` (primary-key range scan)."""
+        rows = self._query(self._select + " WHERE m.ROWID > ? ORDER BY m.ROWID LIMIT ?", (rowid, limit))
+        return self._decode_rows(rows)
+
+    def messages_by_rowid(self, rowids: Iterable[int]) -> list[Message]:
+        """The rows with these ROWIDs, in ROWID order (missing ones are skipped)."""
+        ids = sorted(set(rowids))
+        out: list[Message] = []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            out += self._decode_rows(self._query(self._select + f" WHERE m.ROWID IN ({marks}) ORDER BY m.ROWID", chunk))
+        return out
+
+    def recent(self, limit: int = 20) -> list[Message]:
+        """The newest `limit` rows of the whole database, oldest first (primary-key scan backwards)."""
+        ids = self._query("SELECT ROWID FROM message ORDER BY ROWID DESC LIMIT ?", (limit,))
+        return self.messages_by_rowid(r[0] for r in ids)
+
+    def message_by_guid(self, guid: str) -> Message | None:
+        """The row with this GUID (`message.guid` is UNIQUE), or None."""
+        found = self._decode_rows(self._query(self._select + " WHERE m.guid = ?", (guid,)))
+        return found[0] if found else None
+
+    def last_messages(self, chat_guid: str, limit: int = 50) -> list[Message]:
+        """The newest `limit` messages of a chat, returned oldest first.
+
+        Uses `chat_message_join (chat_id, message_date, message_id)`; all chats sharing the GUID are
+        merged (a chat can exist once per service on upgraded Macs)."""
+        chat_ids = [r[0] for r in self._query("SELECT ROWID FROM chat WHERE guid = ?", (chat_guid,))]
+        if not chat_ids or limit <= 0:
+            return []
+        marks = ",".join("?" * len(chat_ids))
+        ids = self._query(
+            f"SELECT message_id FROM chat_message_join WHERE chat_id IN ({marks})"
+            " ORDER BY message_date DESC, message_id DESC LIMIT ?",
+            (*chat_ids, limit),
+        )
+        msgs = self.messages_by_rowid(r[0] for r in ids)
+        msgs.sort(key=lambda m: (m.date or APPLE_EPOCH, m.rowid))
+        return msgs
+
+    def _decode_rows(self, rows: list[tuple]) -> list[Message]:
+        attachments = self._attachments_for([r[0] for r in rows if r[6 + _IDX["cache_has_attachments"]]])
+        return [self._decode_row(r, attachments.get(r[0], ())) for r in rows]
+
+    def _decode_row(self, r: tuple, attachments: tuple[Attachment, ...]) -> Message:
+        rowid, guid, handle, chat_rowid, chat_guid, chat_style = r[:6]
+        col = r[6:]
+
+        def get(name: str) -> object:
+            return col[_IDX[name]]
+
+        text_col = get("text")
+        mentions: tuple[str, ...] = ()
+        raw = text_col if isinstance(text_col, str) and text_col else None
+        body = get("attributedBody")
+        if body:
+            decoded = decode_attributed_body(bytes(body))  # type: ignore[arg-type]
+            if decoded is not None:
+                mentions = decoded.mentions
+                if raw is None:
+                    raw = decoded.text
+        text = clean_text(raw)
+        is_from_me = bool(get("is_from_me"))
+        account = get("account") or None
+        sender: str | None = handle
+        if is_from_me:
+            acct = strip_account_prefix(str(account)) if account else ""
+            sender = normalize_handle(acct) if acct else None
+        assoc_type = int(get("associated_message_type") or 0)
+        item_type = int(get("item_type") or 0)
+        thread = get("thread_originator_guid") or None
+        date_edited = get("date_edited")
+        date_retracted = get("date_retracted")
+        kind = classify(
+            text=text,
+            has_attachments=bool(attachments),
+            assoc_type=assoc_type,
+            item_type=item_type,
+            thread_originator_guid=thread,  # type: ignore[arg-type]
+            date_edited=date_edited,  # type: ignore[arg-type]
+            date_retracted=date_retracted,  # type: ignore[arg-type]
+        )
+        emoji = get("associated_message_emoji")
+        return Message(
+            rowid=rowid,
+            guid=guid,
+            chat_guid=chat_guid,
+            chat_style=chat_style,
+            chat_rowid=chat_rowid,
+            handle=handle,
+            sender=sender,
+            service=str(get("service") or ""),
+            is_from_me=is_from_me,
+            date=from_apple(get("date")),  # type: ignore[arg-type]
+            text=text,
+            kind=kind,
+            attachments=attachments,
+            tapback=tapback_of(assoc_type, get("associated_message_guid"), emoji),  # type: ignore[arg-type]
+            reply_to=thread,  # type: ignore[arg-type]
+            account=account,  # type: ignore[arg-type]
+            destination_caller_id=get("destination_caller_id") or None,  # type: ignore[arg-type]
+            item_type=item_type,
+            group_action_type=int(get("group_action_type") or 0),
+            group_title=get("group_title") or None,  # type: ignore[arg-type]
+            date_edited=from_apple(date_edited),  # type: ignore[arg-type]
+            date_retracted=from_apple(date_retracted),  # type: ignore[arg-type]
+            edit_history=decode_edit_history(get("message_summary_info")) if date_edited else (),  # type: ignore[arg-type]
+            mentions=mentions,
+        )
+
+    def _attachments_for(self, message_ids: list[int]) -> dict[int, tuple[Attachment, ...]]:
+        if not message_ids:
+            return {}
+        sticker = "a.is_sticker" if "is_sticker" in self._attachment_columns else "0"
+        out: dict[int, list[Attachment]] = {}
+        for i in range(0, len(message_ids), 500):
+            chunk = message_ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._query(
+                "SELECT j.message_id, a.ROWID, a.guid, a.filename, a.mime_type, a.uti, a.transfer_name,"
+                f" a.transfer_state, a.total_bytes, {sticker} FROM message_attachment_join j"
+                f" JOIN attachment a ON a.ROWID = j.attachment_id WHERE j.message_id IN ({marks})"
+                " ORDER BY j.message_id, a.ROWID",
+                chunk,
+            )
+            for mid, arow, aguid, fname, mime, uti, tname, tstate, size, is_sticker in rows:
+                out.setdefault(mid, []).append(
+                    Attachment(
+                        rowid=arow,
+                        guid=aguid,
+                        path=os.path.expanduser(fname) if fname else None,
+                        mime_type=mime,
+                        uti=uti,
+                        transfer_name=tname,
+                        transfer_state=int(tstate or 0),
+                        total_bytes=int(size or 0),
+                        is_sticker=bool(is_sticker),
+                    )
+                )
+        return {k: tuple(v) for k, v in out.items()}
+
+    # -- chats and handles ---------------------------------------------------------------------
+    _CHAT_SELECT = "SELECT ROWID, guid, style, chat_identifier, service_name, display_name FROM chat"
+
+    def chat(self, guid: str) -> Chat | None:
+        """The chat with this GUID (the lowest ROWID if several), or None."""
+        rows = self._query(self._CHAT_SELECT + " WHERE guid = ? ORDER BY ROWID LIMIT 1", (guid,))
+        return Chat(*rows[0]) if rows else None
+
+    def chats(self, limit: int = 1000) -> list[Chat]:
+        """All chats, by ROWID, at most `limit`."""
+        return [Chat(*r) for r in self._query(self._CHAT_SELECT + " ORDER BY ROWID LIMIT ?", (limit,))]
+
+    def participants(self, chat_guid: str) -> list[str]:
+        """`handle.id` of every member of the chat(s) with this GUID (the owner is not listed)."""
+        rows = self._query(
+            "SELECT DISTINCT h.id FROM chat c JOIN chat_handle_join j ON j.chat_id = c.ROWID"
+            " JOIN handle h ON h.ROWID = j.handle_id WHERE c.guid = ? ORDER BY h.id LIMIT 1000",
+            (chat_guid,),
+        )
+        return [r[0] for r in rows]
+
+    def chats_of_handle(self, handle: str, limit: int = 100) -> list[Chat]:
+        """Chats the handle belongs to, compared with `normalize_handle` (email case, phone digits).
+
+        `handle` is small (one row per address and service), so normalising it in Python is cheap;
+        the chat lookup then uses the `chat_handle_join_idx_handle_id` index."""
+        want = normalize_handle(handle)
+        ids = [hid for hid, hval in self._query("SELECT ROWID, id FROM handle") if normalize_handle(hval) == want]
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = self._query(
+            "SELECT DISTINCT c.ROWID, c.guid, c.style, c.chat_identifier, c.service_name, c.display_name"
+            f" FROM chat_handle_join j JOIN chat c ON c.ROWID = j.chat_id WHERE j.handle_id IN ({marks})"
+            " ORDER BY c.ROWID LIMIT ?",
+            (*ids, limit),
+        )
+        return [Chat(*r) for r in rows]
+
+    def owner_handles(self, scan_rows: int = OWNER_SCAN_ROWS) -> frozenset[str]:
+        """The owner's own addresses, normalised (design §5).
+
+        Sources: `account` of sent rows (`is_from_me = 1`) and `destination_caller_id` (the address a
+        row was received on or sent from) among the newest `scan_rows` messages, plus
+        `chat.account_login`. Never `chat.last_addressed_handle`, which SMS short codes pollute.
+        Cost: one primary-key range scan of `scan_rows` rows, whatever the database size.
+        """
+        top = self.max_rowid()
+        cols = self._columns
+        acct = "account" if "account" in cols else "NULL"
+        dest = "destination_caller_id" if "destination_caller_id" in cols else "NULL"
+        rows = self._query(
+            f"SELECT DISTINCT CASE WHEN is_from_me = 1 THEN {acct} END, {dest} FROM message WHERE ROWID > ?",
+            (top - scan_rows,),
+        )
+        found: set[str] = set()
+        for account, destination in rows:
+            for value in (account, destination):
+                if value and strip_account_prefix(str(value)):
+                    found.add(normalize_handle(str(value)))
+        for (login,) in self._query("SELECT DISTINCT account_login FROM chat LIMIT 100"):
+            if login and strip_account_prefix(str(login)):
+                found.add(normalize_handle(str(login)))
+        return frozenset(found)
+
+    def iter_all(self, batch: int = 1000) -> Iterator[Message]:
+        """Every message in ROWID order, fetched in bounded batches (for tools and scripts)."""
+        last = 0
+        while True:
+            page = self.messages_after(last, batch)
+            if not page:
+                return
+            yield from page
+            last = page[-1].rowid
+
+
+_IDX = {name: i for i, name in enumerate(_OPTIONAL_MESSAGE_COLUMNS)}
+
+
+def default_db_path() -> Path:
+    """`IMESSAGE_DB_PATH` if set, else `~/Library/Messages/chat.db` (expanded)."""
+    return Path(os.environ.get("IMESSAGE_DB_PATH") or DEFAULT_DB_PATH).expanduser()
+
+
+def is_self_chat(chat: Chat | None, participants: Sequence[str], owner: frozenset[str]) -> bool:
+    """True when `chat` is a DM with the owner: its identifier or every participant is one of the
+    owner's handles (email or phone number, design §5). `any;-;` GUIDs count like `iMessage;-;`."""
+    if chat is None or not chat.is_dm or not owner:
+        return False
+    if normalize_handle(chat.chat_identifier) in owner:
+        return True
+    return bool(participants) and all(normalize_handle(p) in owner for p in participants)

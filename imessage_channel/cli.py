@@ -1,0 +1,142 @@
+"""Command line: `imessage-channel [serve|demo|messages] …`.
+
+Owns argument parsing and the user-facing output of each sub-command; the work itself lives in the
+modules named after it. With no sub-command it serves the channel (what `.mcp.json` runs). Errors a
+user can fix (no chat.db, no Full Disk Access) print one paragraph on stderr and exit 2, with no
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .chatdb import ChatDB, ChatDBError, Message, default_db_path
+from .render import render_conversation
+
+
+def _message_json(msg: Message) -> dict[str, object]:
+    return {
+        "rowid": msg.rowid,
+        "guid": msg.guid,
+        "chat_guid": msg.chat_guid,
+        "chat_style": msg.chat_style,
+        "sender": msg.sender,
+        "handle": msg.handle,
+        "service": msg.service,
+        "is_from_me": msg.is_from_me,
+        "date": msg.date.isoformat() if msg.date else None,
+        "kind": msg.kind.value,
+        "text": msg.text,
+        "reply_to": msg.reply_to,
+        "tapback": (
+            {
+                "reaction": msg.tapback.reaction,
+                "emoji": msg.tapback.emoji,
+                "target_guid": msg.tapback.target_guid,
+                "removed": msg.tapback.removed,
+            }
+            if msg.tapback
+            else None
+        ),
+        "attachments": [
+            {"path": a.path, "mime_type": a.mime_type, "name": a.name, "transfer_state": a.transfer_state}
+            for a in msg.attachments
+        ],
+    }
+
+
+def cmd_messages(args: argparse.Namespace) -> int:
+    """Print recent messages as the channel reads them: per-chat blocks, or JSON with --json."""
+    with ChatDB(args.db or default_db_path()) as db:
+        msgs = db.last_messages(args.chat, args.limit) if args.chat else db.recent(args.limit)
+        if args.json:
+            json.dump([_message_json(m) for m in msgs], sys.stdout, ensure_ascii=False, indent=2)
+            sys.stdout.write("\n")
+            return 0
+        if not msgs:
+            print("No messages." if not args.chat else f"No messages in {args.chat}.")
+            return 0
+
+        def quote(guid: str) -> str | None:
+            target = db.message_by_guid(guid)
+            return target.text if target else None
+
+        blocks: list[tuple[str | None, list[Message]]] = []
+        for msg in msgs:
+            if not blocks or blocks[-1][0] != msg.chat_guid:
+                blocks.append((msg.chat_guid, []))
+            blocks[-1][1].append(msg)
+        out = []
+        for guid, chunk in blocks:
+            chat = db.chat(guid) if guid else None
+            if chat is None:
+                out.append("== (no chat yet) ==\n" + "\n".join(f"#{m.rowid} {m.text}" for m in chunk))
+                continue
+            out.append(
+                render_conversation(
+                    chat, db.participants(guid), chunk, quote=quote, include_receipts=True, show_kind=True
+                )
+            )
+        print("\n\n".join(out))
+    return 0
+
+
+def _serve() -> int:
+    from .server import main as serve_main
+
+    return serve_main()
+
+
+def _demo(_args: argparse.Namespace) -> int:
+    from .demo import run
+
+    return run()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imessage-channel",
+        description="A Claude Code channel for iMessage. With no command: serve the channel over stdio.",
+    )
+    parser.add_argument("--version", action="version", version=f"imessage-channel {__version__}")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("serve", help="serve the channel over stdio (the default)")
+    p.set_defaults(func=lambda _args: _serve())
+
+    p = sub.add_parser("demo", help="run the whole loop against a bundled fixture chat.db (any OS)")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("messages", help="print recent messages as the channel reads them")
+    p.add_argument("--db", type=Path, help="chat.db path (default: IMESSAGE_DB_PATH or ~/Library/Messages/chat.db)")
+    p.add_argument("--chat", help="only this chat GUID (e.g. 'iMessage;-;+15555550123')")
+    p.add_argument("--limit", type=int, default=20, help="how many messages (default 20)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_messages)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `imessage-channel` console script. Returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        return _serve()
+    if getattr(args, "limit", 1) < 1:
+        parser.error("--limit must be at least 1")
+    try:
+        return int(args.func(args))
+    except ChatDBError as exc:
+        print(f"imessage-channel: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

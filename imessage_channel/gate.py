@@ -1,0 +1,185 @@
+"""The access gate: one pure decision (deliver / drop / pair) per inbound chat.db message row.
+
+No I/O and no clock: the caller reads access.json (`imessage_channel.access.AccessStore`), computes
+self-chat from the owner's handles, and acts on the `Decision` (for PAIR: `access.issue_pairing_code`).
+
+Semantics are those of the official Claude Code iMessage plugin (anthropics/claude-plugins-official,
+`external_plugins/imessage/server.ts`: `handleInbound`, `gate`, `isMentioned`; `ACCESS.md`), in this
+order:
+
+| # | condition                                                  | verdict | reason                   |
+|---|------------------------------------------------------------|---------|--------------------------|
+| 1 | service is not iMessage/iMessageLite and not `allow_sms`   | DROP    | `sms`                    |
+| 2 | self-chat                                                  | DELIVER | `self-chat`              |
+| 3 | `is_from_me`                                               | DROP    | `own-message`            |
+| 4 | no sender handle                                           | DROP    | `no-sender`              |
+| 5 | chat style neither 45 (DM) nor 43 (group), or NULL         | DROP    | `unknown-chat-style`     |
+| 6 | `dmPolicy` is `disabled` (DMs *and* groups)                | DROP    | `dm-disabled`            |
+| 7 | DM, sender in `allowFrom`                                  | DELIVER | `allowlisted`            |
+| 8 | DM, policy `pairing`                                       | PAIR    | `pairing`                |
+| 9 | DM, policy `allowlist`                                     | DROP    | `not-allowlisted`        |
+|10 | group not in `groups`                                      | DROP    | `group-not-enabled`      |
+|11 | group `allowFrom` non-empty, sender not in it              | DROP    | `not-in-group-allowlist` |
+|12 | group `requireMention: false`                              | DELIVER | `group-open`             |
+|13 | group, a `mentionPatterns` regex matches the text          | DELIVER | `mentioned`              |
+|14 | group, no match (or no patterns at all)                    | DROP    | `no-mention`             |
+
+Notes on the choices:
+- Rule 6: as in server.ts, `disabled` closes configured groups too ("drop everything except
+  self-chat", ACCESS.md).
+- Rule 1 comes before self-chat, as in server.ts: SMS sender IDs are spoofable, so an SMS "from" the
+  owner's own number must not get the self-chat bypass (and with it the permission relay). With
+  `allow_sms` (env `IMESSAGE_ALLOW_SMS=true`) a self-chat over SMS does bypass, as in the official
+  plugin. Unlike server.ts (which keeps only `service == "iMessage"`), `iMessageLite` (iMessage via
+  satellite, still Apple-ID-authenticated) counts as iMessage; services compare case-insensitively.
+- Rule 2: self-chat bypasses the gate, including the owner's own `is_from_me` rows there (on macOS 26
+  a self-chat text typed on the Mac may exist only as such a row; server.ts drops them). Filtering our
+  own sends (the echo filter) is the caller's job. Set `is_self_chat` only for DMs.
+- Handles compare through `normalize_handle` (emails by case, phones by digits); server.ts compares
+  exact strings. DMs are gated on the sender, never on the chat GUID.
+- Rule 14: with `requireMention` and no patterns nothing matches, so the group stays silent (ACCESS.md:
+  "Set at least one pattern before opting a group in, or no message will ever match").
+- Rule 5: server.ts routes any non-43, non-NULL style through the DM gate; we never do (a group
+  misread as a DM could leak a pairing code). macOS 26 GUIDs (`any;-;…`, `any;+;…`) need nothing
+  special: the gate reads `chat_style`, not the GUID prefix.
+- Group lookup: `groups` is keyed by chat GUID; a group configured as `iMessage;+;chat123` also matches
+  `any;+;chat123` (and vice versa): the service prefix is ignored when there is no exact key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import lru_cache
+
+from imessage_channel.access import Access, DmPolicy, GroupPolicy, is_allowed
+
+#: chat.style values (design §4): 45 = one-to-one (DM), 43 = group.
+STYLE_DM = 45
+STYLE_GROUP = 43
+
+#: Services whose sender is authenticated by Apple ID (compared lowercased).
+IMESSAGE_SERVICES = frozenset({"imessage", "imessagelite"})
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """What the gate needs to know about one inbound message row.
+
+    `sender`: the sender's handle (`handle.id`), None for `is_from_me` rows. `chat_guid`: `chat.guid`.
+    `chat_style`: `chat.style` (45 DM, 43 group, anything else unknown). `service`: `message.service`
+    (`iMessage`, `SMS`, `RCS`/`rcs`, `iMessageLite`, …). `is_self_chat`: computed by the caller from the
+    owner's handles (a DM whose other participant is the owner).
+    """
+
+    sender: str | None
+    chat_guid: str
+    chat_style: int | None
+    service: str
+    text: str
+    is_from_me: bool
+    is_self_chat: bool
+
+
+class Verdict(StrEnum):
+    """DELIVER to Claude, DROP silently, or PAIR (answer the sender with a pairing code)."""
+
+    DELIVER = "deliver"
+    DROP = "drop"
+    PAIR = "pair"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A verdict and a short stable slug saying which rule decided (see the module table)."""
+
+    verdict: Verdict
+    reason: str
+
+
+def _deliver(reason: str) -> Decision:
+    return Decision(Verdict.DELIVER, reason)
+
+
+def _drop(reason: str) -> Decision:
+    return Decision(Verdict.DROP, reason)
+
+
+def decide(msg: Inbound, access: Access, *, allow_sms: bool) -> Decision:
+    """Decide what to do with `msg` under `access`; `allow_sms` is env `IMESSAGE_ALLOW_SMS=true`.
+
+    Pure; the rules and their order are the module docstring's table. Never raises.
+    """
+    if not allow_sms and msg.service.lower() not in IMESSAGE_SERVICES:
+        return _drop("sms")
+    if msg.is_self_chat:
+        return _deliver("self-chat")
+    if msg.is_from_me:
+        return _drop("own-message")
+    if not msg.sender:
+        return _drop("no-sender")
+    if msg.chat_style not in (STYLE_DM, STYLE_GROUP):
+        return _drop("unknown-chat-style")
+    if access.dm_policy is DmPolicy.DISABLED:
+        return _drop("dm-disabled")
+    if msg.chat_style == STYLE_DM:
+        if is_allowed(access.allow_from, msg.sender):
+            return _deliver("allowlisted")
+        if access.dm_policy is DmPolicy.PAIRING:
+            return Decision(Verdict.PAIR, "pairing")
+        return _drop("not-allowlisted")
+    group = find_group(access.groups, msg.chat_guid)
+    if group is None:
+        return _drop("group-not-enabled")
+    if group.allow_from and not is_allowed(group.allow_from, msg.sender):
+        return _drop("not-in-group-allowlist")
+    if not group.require_mention:
+        return _deliver("group-open")
+    if mentioned(msg.text, access.mention_patterns or ()):
+        return _deliver("mentioned")
+    return _drop("no-mention")
+
+
+def _guid_tail(chat_guid: str) -> tuple[str, str] | None:
+    """`("+", "chat123")` for `"iMessage;+;chat123"`; None when the GUID is not `service;sep;id`."""
+    parts = chat_guid.split(";", 2)
+    return (parts[1], parts[2]) if len(parts) == 3 else None
+
+
+def find_group(groups: Mapping[str, GroupPolicy], chat_guid: str) -> GroupPolicy | None:
+    """The `groups` entry for `chat_guid`: the exact key, else a key equal but for the service prefix
+    (`iMessage;+;chat123` ~ `any;+;chat123`, as macOS 26 writes GUIDs). None when not configured."""
+    exact = groups.get(chat_guid)
+    if exact is not None:
+        return exact
+    tail = _guid_tail(chat_guid)
+    if tail is None:
+        return None
+    for key, group in groups.items():
+        if _guid_tail(key) == tail:
+            return group
+    return None
+
+
+@lru_cache(maxsize=256)
+def _compile(pattern: str) -> re.Pattern[str] | None:
+    try:
+        return re.compile(pattern, re.IGNORECASE)
+    except re.error:
+        return None
+
+
+def mentioned(text: str, patterns: Sequence[str]) -> bool:
+    """True when any of `patterns` matches anywhere in `text`, case-insensitively.
+
+    iMessage has no structured mentions (ACCESS.md), so `mentionPatterns` regexes are the only trigger.
+    A pattern Python's `re` cannot compile is skipped (`AccessStore` logs it when it loads the file);
+    note the official server compiles them as JavaScript regexes, whose syntax differs at the edges.
+    """
+    for pattern in patterns:
+        compiled = _compile(pattern)
+        if compiled is not None and compiled.search(text):
+            return True
+    return False

@@ -1,0 +1,307 @@
+"""Inbound pipeline: new chat.db rows → decisions → channel events and side effects.
+
+Owns the step between the reader and the MCP session: for every row past the watermark it decides,
+in this order (design §2, §5):
+
+1. *pieces*: a row with no `chat_message_join` yet holds the watermark for `JOIN_GRACE_S`, then is
+   skipped with a log (a reader that moved past it would lose the message for good);
+2. *kind*: receipts, group events and rows already unsent are never delivered;
+3. *echo*: our own sends coming back (`EchoFilter`) are dropped;
+4. *self-chat twins*: a text typed on the phone to oneself exists twice (sent and received copy);
+   the second copy is dropped;
+5. *permission replies*: in self-chat only, `yes abcde` / `no abcde` answering a relayed request
+   becomes a verdict plus an acknowledgement, not a chat message;
+6. *the gate* (`gate.decide`): deliver, drop, or answer with a pairing code.
+
+`poll()` returns `Action`s — `Deliver`, `PermissionVerdict`, `Send` — and the decisions it took (for
+logs and `imessage-channel watch`). It performs no MCP or AppleScript I/O itself: the server executes
+the actions. Untrusted text only ever lands in `content`; meta values come from chat.db columns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from . import access as access_mod
+from .access import AccessStore
+from .chatdb import ChatDB, Kind, Message, is_self_chat
+from .echo import EchoFilter, normalize_text
+from .gate import IMESSAGE_SERVICES, Inbound, Verdict, decide
+from .render import first_words
+
+log = logging.getLogger(__name__)
+
+JOIN_GRACE_S = 2.0
+"""How long a `message` row without its `chat_message_join` holds the watermark (design §5)."""
+
+TWIN_WINDOW = timedelta(seconds=30)
+"""Max distance between the sent and received copies of one self-chat text typed on the phone."""
+
+PERMISSION_REPLY = re.compile(r"^\s*(y|yes|n|no)\s+([a-km-z]{5})\s*$", re.IGNORECASE)
+"""A permission verdict typed in self-chat (Claude Code channels reference: 5 letters a–z minus l)."""
+
+BATCH = 500
+"""Rows read per query; a burst is drained batch after batch within one wake."""
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Push `notifications/claude/channel` with this content and meta (all values strings)."""
+
+    content: str
+    meta: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class PermissionVerdict:
+    """Push `notifications/claude/channel/permission` `{request_id, behavior}`."""
+
+    request_id: str
+    behavior: str  # "allow" | "deny"
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Text something back through the sender (pairing codes, confirmations, acknowledgements)."""
+
+    chat_guid: str
+    text: str
+
+
+Action = Deliver | PermissionVerdict | Send
+
+
+@dataclass(frozen=True, slots=True)
+class RowDecision:
+    """What happened to one row: `verdict` is deliver/drop/pair/verdict/hold, `reason` a slug."""
+
+    message: Message
+    verdict: str
+    reason: str
+
+
+class PendingPermissions:
+    """Request ids relayed to self-chat and not answered yet (thread-safe, bounded)."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self._ids: deque[str] = deque(maxlen=limit)
+        self._lock = threading.Lock()
+
+    def add(self, request_id: str) -> None:
+        with self._lock:
+            if request_id.lower() not in self._ids:
+                self._ids.append(request_id.lower())
+
+    def take(self, request_id: str) -> bool:
+        """Remove and return True when `request_id` is pending."""
+        with self._lock:
+            rid = request_id.lower()
+            if rid in self._ids:
+                self._ids.remove(rid)
+                return True
+            return False
+
+
+def iso_utc(when: datetime | None) -> str:
+    """`2026-11-24T10:02:03.123Z` (the official plugin's `Date.toISOString()` form)."""
+    when = (when or datetime.now(UTC)).astimezone(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+@dataclass(slots=True)
+class _Recent:
+    text: str
+    is_from_me: bool
+    date: datetime
+    paired: bool = False
+
+
+@dataclass
+class InboundPipeline:
+    """Turns rows past `watermark` into actions (see module docstring).
+
+    `owner`: the owner's normalised handles (`ChatDB.owner_handles()`); `allow_sms`: env
+    `IMESSAGE_ALLOW_SMS=true`; `now`: aware-UTC clock (freezegun-friendly); `monotonic`: for grace
+    periods. Not thread-safe: one thread polls.
+    """
+
+    db: ChatDB
+    store: AccessStore
+    owner: frozenset[str]
+    watermark: int
+    echo: EchoFilter = field(default_factory=EchoFilter)
+    permissions: PendingPermissions = field(default_factory=PendingPermissions)
+    allow_sms: bool = False
+    now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    monotonic: Callable[[], float] = time.monotonic
+    _self: dict[str, bool] = field(default_factory=dict)
+    _recent_self: deque[_Recent] = field(default_factory=lambda: deque(maxlen=64))
+    _held_since: dict[int, float] = field(default_factory=dict)
+
+    # -- chats ---------------------------------------------------------------------------------
+    def is_self_chat(self, chat_guid: str) -> bool:
+        """Cached: is this chat GUID a DM with the owner?"""
+        cached = self._self.get(chat_guid)
+        if cached is None:
+            cached = is_self_chat(self.db.chat(chat_guid), self.db.participants(chat_guid), self.owner)
+            self._self[chat_guid] = cached
+        return cached
+
+    # -- the loop body -------------------------------------------------------------------------
+    def poll(self, limit: int = BATCH) -> tuple[list[Action], list[RowDecision]]:
+        """Read up to `limit` rows past the watermark; return the actions and per-row decisions.
+
+        The watermark advances past every row decided here, and stops at a row still waiting for its
+        chat join. Raises `ChatDBError` when chat.db cannot be read (the caller logs and retries)."""
+        actions: list[Action] = []
+        decisions: list[RowDecision] = []
+        for msg in self.db.messages_after(self.watermark, limit):
+            if msg.chat_guid is None:
+                first = self._held_since.setdefault(msg.rowid, self.monotonic())
+                if self.monotonic() - first < JOIN_GRACE_S:
+                    decisions.append(RowDecision(msg, "hold", "waiting-for-chat-join"))
+                    break
+                log.warning("message ROWID %d has no chat after %.1f s; skipping it", msg.rowid, JOIN_GRACE_S)
+                self._held_since.pop(msg.rowid, None)
+                decisions.append(RowDecision(msg, "drop", "no-chat"))
+                self.watermark = msg.rowid
+                continue
+            self._held_since.pop(msg.rowid, None)
+            verdict, reason, acts = self._decide(msg)
+            decisions.append(RowDecision(msg, verdict, reason))
+            actions += acts
+            self.watermark = msg.rowid
+        return actions, decisions
+
+    def approvals(self) -> list[Action]:
+        """Confirmations for `approved/<sender>` files the access skill wrote (then deleted)."""
+        out: list[Action] = []
+        for sender in access_mod.pending_approvals(self.store.state_dir):
+            try:
+                chat = access_mod.consume_approval(self.store.state_dir, sender)
+            except ValueError:
+                continue
+            out.append(Send(chat or f"iMessage;-;{sender}", access_mod.PAIRED_CONFIRMATION))
+        return out
+
+    def _decide(self, msg: Message) -> tuple[str, str, list[Action]]:
+        assert msg.chat_guid is not None
+        if msg.kind in (Kind.RECEIPT, Kind.GROUP_EVENT, Kind.UNSEND):
+            return "drop", msg.kind.value, []
+        self_chat = self.is_self_chat(msg.chat_guid)
+        if msg.text and self.echo.is_echo(msg.chat_guid, msg.text, self_chat=self_chat):
+            return "drop", "echo", []
+        if self_chat and msg.kind not in (Kind.TAPBACK, Kind.TAPBACK_REMOVAL) and self._is_twin(msg):
+            return "drop", "self-chat-copy", []
+        if (
+            self_chat
+            and msg.service.lower() in IMESSAGE_SERVICES  # an SMS "from yourself" can be spoofed
+            and (m := PERMISSION_REPLY.match(msg.text))
+            and self.permissions.take(m.group(2))
+        ):
+            allow = m.group(1).lower().startswith("y")
+            rid = m.group(2).lower()
+            ack = f"{'✅ Allowed' if allow else '❌ Denied'} ({rid})"
+            return (
+                "verdict",
+                "permission-reply",
+                [
+                    PermissionVerdict(rid, "allow" if allow else "deny"),
+                    Send(msg.chat_guid, ack),
+                ],
+            )
+        decision = decide(
+            Inbound(
+                sender=msg.handle if not msg.is_from_me else None,
+                chat_guid=msg.chat_guid,
+                chat_style=msg.chat_style,
+                service=msg.service,
+                text=msg.text,
+                is_from_me=msg.is_from_me,
+                is_self_chat=self_chat,
+            ),
+            self.store.load(),
+            allow_sms=self.allow_sms,
+        )
+        if decision.verdict is Verdict.DELIVER:
+            return "deliver", decision.reason, [self._event(msg, self_chat)]
+        if decision.verdict is Verdict.PAIR and msg.handle:
+            return "pair", decision.reason, self._pair(msg)
+        return "drop", decision.reason, []
+
+    def _is_twin(self, msg: Message) -> bool:
+        """Self-chat: is `msg` the other copy of a text already seen (opposite `is_from_me`)?"""
+        text = normalize_text(msg.text)
+        when = msg.date or self.now()
+        for seen in self._recent_self:
+            if (
+                not seen.paired
+                and seen.is_from_me != msg.is_from_me
+                and seen.text == text
+                and abs(seen.date - when) <= TWIN_WINDOW
+            ):
+                seen.paired = True
+                return True
+        self._recent_self.append(_Recent(text, msg.is_from_me, when))
+        return False
+
+    def _pair(self, msg: Message) -> list[Action]:
+        assert msg.handle is not None and msg.chat_guid is not None
+        outcome_box: list[access_mod.PairingOutcome] = []
+
+        def step(acc: access_mod.Access) -> access_mod.Access:
+            new, outcome = access_mod.issue_pairing_code(acc, msg.handle or "", msg.chat_guid or "", self.now())
+            outcome_box.append(outcome)
+            return new
+
+        try:
+            self.store.update(step)
+        except (access_mod.AccessReadOnlyError, OSError) as exc:
+            log.warning("pairing for %s not recorded: %s", msg.handle, exc)
+            return []
+        outcome = outcome_box[-1]
+        return [Send(msg.chat_guid, outcome.message())] if outcome.should_reply else []
+
+    def _event(self, msg: Message, self_chat: bool) -> Deliver:
+        assert msg.chat_guid is not None
+        meta = {
+            "chat_id": msg.chat_guid,
+            "message_id": msg.guid,
+            "user": (msg.sender or "me") if msg.is_from_me else (msg.handle or "unknown"),
+            "ts": iso_utc(msg.date),
+        }
+        content = msg.text
+        files = [a for a in msg.attachments if a.path and os.path.exists(a.path)]
+        if files:
+            images = [a for a in files if a.is_image]
+            if images:
+                meta["image_path"] = str(images[0].path)
+            meta["attachments"] = json.dumps([a.path for a in files], ensure_ascii=False)
+        if not content and msg.attachments:
+            content = "(" + ", ".join(f"{a.name} {a.mime_type or ''}".strip() for a in msg.attachments) + ")"
+        if msg.reply_to:
+            meta["reply_to"] = msg.reply_to
+        if msg.kind is Kind.EDIT:
+            meta["edited"] = "true"
+        if msg.tapback is not None:
+            target = self.db.message_by_guid(msg.tapback.target_guid)
+            quoted = f' "{first_words(target.text, 60)}"' if target and target.text else " a message"
+            verb = "removed" if msg.tapback.removed else "reacted"
+            content = f"{verb} {msg.tapback.emoji or msg.tapback.reaction} ({msg.tapback.reaction}) to{quoted}"
+            meta["kind"] = "reaction"
+            meta["reaction"] = msg.tapback.reaction
+            meta["reaction_to"] = msg.tapback.target_guid
+            if msg.tapback.removed:
+                meta["reaction_removed"] = "true"
+        if self_chat:
+            meta["self_chat"] = "true"
+        return Deliver(content, meta)

@@ -1,0 +1,723 @@
+"""Outbound iMessages: AppleScript backends, text chunking, signature, file staging, GUID fallbacks.
+
+This module owns everything between "the `reply` tool wants to say X in chat G" and Messages.app:
+
+- `SEND_SCRIPT` and friends: AppleScripts with `on run argv`. Text (or a file path) is `item 1` and
+  the chat GUID (or handle) is `item 2`; user content travels only as arguments, never spliced into
+  script source (design.md §6; the official plugin's `sendText` in anthropics/claude-plugins-official
+  `external_plugins/imessage/server.ts` does the same through `osascript - text guid`).
+- Backends that run a script: `OsascriptBackend` (a subprocess per call, killed on timeout) and
+  `AppleScriptBackend` (py-applescript in-process on macOS, each script compiled once).
+- `chunk_text` / `with_signature`: the official plugin's `textChunkLimit` / `chunkMode` and
+  `IMESSAGE_APPEND_SIGNATURE` semantics, made safe for grapheme clusters.
+- `Sender`: validates files, stages them under `~/Library/Messages`, sends text parts then files in
+  order, retries alternative chat GUID forms on macOS 26, and explains errors (-1743, timeouts,
+  partial sends) in words a user can act on.
+
+Nothing here writes to stdout (stdout is the MCP stream); subprocesses never inherit our stdin.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import threading
+import time
+import unicodedata
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from queue import SimpleQueue
+from typing import Any, Protocol
+
+from imessage_channel.handles import is_email
+
+log = logging.getLogger(__name__)
+
+# --- scripts -----------------------------------------------------------------------------------
+
+SEND_SCRIPT = """on run argv
+\ttell application "Messages" to send (item 1 of argv) to chat id (item 2 of argv)
+end run
+"""
+"""Send text `item 1 of argv` to the chat whose GUID is `item 2 of argv` (design.md §6)."""
+
+SEND_FILE_SCRIPT = """on run argv
+\tset theFile to POSIX file (item 1 of argv)
+\ttell application "Messages" to send theFile to chat id (item 2 of argv)
+end run
+"""
+"""Send the file at POSIX path `item 1 of argv` to the chat whose GUID is `item 2 of argv`.
+
+The path is turned into a file reference outside the `tell` block, so AppleScript (not Messages)
+resolves it."""
+
+SEND_PARTICIPANT_SCRIPT = """on run argv
+\ttell application "Messages"
+\t\tset targetAccount to 1st account whose service type = iMessage
+\t\tsend (item 1 of argv) to participant (item 2 of argv) of targetAccount
+\tend tell
+end run
+"""
+"""Last-resort DM send: text `item 1` to handle `item 2` through the iMessage account.
+
+Uses the Ventura+ Messages dictionary (`account`, `participant`), as BlueBubbles' AppleScript
+fallback does (BlueBubblesApp/bluebubbles-server#777 quotes it)."""
+
+SEND_FILE_PARTICIPANT_SCRIPT = """on run argv
+\tset theFile to POSIX file (item 1 of argv)
+\ttell application "Messages"
+\t\tset targetAccount to 1st account whose service type = iMessage
+\t\tsend theFile to participant (item 2 of argv) of targetAccount
+\tend tell
+end run
+"""
+"""File variant of `SEND_PARTICIPANT_SCRIPT`: file at POSIX path `item 1` to handle `item 2`."""
+
+# --- constants ---------------------------------------------------------------------------------
+
+ERR_NOT_FOUND = -1728
+"""AppleScript errAENoSuchObject: "Can't get chat id …" when Messages does not know a GUID form."""
+
+ERR_NOT_AUTHORIZED = -1743
+"""errAEEventNotPermitted: the calling app lacks the Automation permission for Messages."""
+
+AUTOMATION_HELP = (
+    "Messages is not allowed to be controlled: grant Automation permission: System Settings → "
+    "Privacy & Security → Automation → (your terminal / Claude) → Messages"
+)
+
+DEFAULT_TIMEOUT = 30.0
+"""Seconds one AppleScript call may take before we give up on it."""
+
+MAX_CHUNK_LIMIT = 10_000
+"""Largest and default `textChunkLimit`, in characters (official server.ts `MAX_CHUNK_LIMIT`)."""
+
+DEFAULT_CHUNK_LIMIT = MAX_CHUNK_LIMIT
+
+DEFAULT_CHUNK_MODE = "length"
+"""Official default `chunkMode`; the other mode is `"newline"`."""
+
+DEFAULT_SIGNATURE = "\nSent by Claude"
+"""Appended to the last text part unless `IMESSAGE_APPEND_SIGNATURE=false` (official server.ts)."""
+
+MAX_FILE_BYTES = 100 * 1024 * 1024
+"""Attachment cap: 100 MiB, as the official plugin's `MAX_ATTACHMENT_BYTES`."""
+
+OUTBOX_NAME = "imessage-channel-outbox"
+"""Staging folder under the Messages directory; each staged file gets its own `<uuid>/` folder."""
+
+DEFAULT_STAGE_TTL = 600.0
+"""Seconds a staged copy is kept: Messages uploads asynchronously after the script returns."""
+
+DEFAULT_MESSAGES_DIR = Path("~/Library/Messages").expanduser()
+
+_DM_SERVICES = ("any", "iMessage", "SMS")
+_PHONE = re.compile(r"\+?\d+")
+_OSA_POSITION = re.compile(r"^\d+:\d+:\s*")
+_OSA_ERROR_NUMBER = re.compile(r"\((-?\d+)\)\s*$")
+
+
+# --- errors and results ------------------------------------------------------------------------
+
+
+class SendError(Exception):
+    """A send failed; `message` says in plain words what was and wasn't sent.
+
+    `code` is the AppleScript error number when one is known (-1728 chat not found, -1743 not
+    authorized), else None (timeouts, refused files, a crash of osascript). `sent_parts` counts the
+    parts (text chunks, then files) delivered to Messages before the failure.
+    """
+
+    def __init__(self, message: str, *, code: int | None = None, sent_parts: int = 0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.sent_parts = sent_parts
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """Outcome of `Sender.send`.
+
+    `guid_used` is the chat GUID form Messages accepted (it can differ from the one asked for on
+    macOS 26), or `participant:<handle>` when the DM went through the participant fallback.
+    `texts` are the text parts exactly as sent (signature included), for the echo filter.
+    """
+
+    parts_sent: int
+    parts_total: int
+    guid_used: str
+    texts: tuple[str, ...] = ()
+
+
+# --- backends ----------------------------------------------------------------------------------
+
+
+class Backend(Protocol):
+    """Runs one AppleScript with `argv` and returns its result as text.
+
+    Raises `SendError` (with `code` = the AppleScript error number when there is one) on any
+    failure, including when `timeout` seconds pass without an answer.
+    """
+
+    def run(self, script: str, args: Sequence[str], timeout: float) -> str: ...
+
+
+def parse_osascript_error(stderr: str) -> tuple[int | None, str]:
+    """Split osascript's stderr into (error number, message).
+
+    osascript reports runtime errors as `START:END: execution error: MESSAGE (NUMBER)`, e.g.
+    `45:94: execution error: Messages got an error: Can't get chat id "any;-;x". (-1728)` (quoted
+    in anthropics/claude-plugins-official#1012). The position prefix is dropped from the message.
+    Returns (None, text) when no number is present.
+    """
+    text = stderr.strip()
+    last = text.splitlines()[-1] if text else ""
+    match = _OSA_ERROR_NUMBER.search(last)
+    message = _OSA_POSITION.sub("", last) if match else text
+    return (int(match.group(1)) if match else None), message
+
+
+def _timeout_text(timeout: float) -> str:
+    return f"AppleScript timed out after {timeout:g} s"
+
+
+class OsascriptBackend:
+    """Runs scripts as `osascript - ARG…` with the script on stdin.
+
+    The osascript(1) manual: a script read from standard input takes arguments only when `-` is
+    given as the script name; the arguments reach the `run` handler as a list of strings. BSD
+    getopt stops at that first operand, so an argument starting with `-` is not read as an option.
+    Our stdin (the MCP stream) is never inherited: stdin is a pipe carrying the script. On timeout
+    the process group is killed and `SendError` is raised.
+    """
+
+    def __init__(self, executable: str = "osascript") -> None:
+        self._executable = executable
+
+    def run(self, script: str, args: Sequence[str], timeout: float) -> str:
+        """Run `script` with `args`; return stdout without its trailing newline."""
+        argv = [self._executable, "-", *args]
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except FileNotFoundError as exc:
+            raise SendError(f"osascript not found ({exc.filename}): sending iMessages needs macOS") from exc
+        except (OSError, ValueError) as exc:
+            raise SendError(f"cannot run osascript: {exc}") from exc
+        try:
+            out, err = proc.communicate(script.encode("utf-8"), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            proc.communicate()
+            raise SendError(
+                f"{_timeout_text(timeout)} (osascript killed); Messages did not answer, it may be "
+                "stuck or waiting on a permission prompt, and the part may or may not have been sent"
+            ) from None
+        if proc.returncode != 0:
+            code, message = parse_osascript_error(err.decode("utf-8", "replace"))
+            raise SendError(message or f"osascript exited with status {proc.returncode}", code=code)
+        return out.decode("utf-8", "replace").rstrip("\n")
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+
+
+@dataclass(eq=False)
+class _Job:
+    script: str
+    args: tuple[str, ...]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    done: threading.Event = field(default_factory=threading.Event)
+    started: bool = False
+    cancelled: bool = False
+    result: str = ""
+    error: SendError | None = None
+
+
+class AppleScriptBackend:
+    """Runs scripts in-process with py-applescript (`applescript.AppleScript(source).run(*args)`).
+
+    py-applescript (rdhyee/py-applescript `applescript/__init__.py`) compiles in the constructor
+    and raises `applescript.ScriptError`, whose `.number` (int or None) and `.message` we map to
+    `SendError`. `run(*args)` passes the arguments as the `run` handler's list. Each distinct
+    script is compiled once and cached. AppleScript is not thread-safe, so every compile and run
+    happens on one daemon worker thread, one at a time; the caller waits at most `timeout`
+    seconds. A call given up on before it started is skipped (never sent late); one already
+    running cannot be interrupted and finishes on its own (Apple events time out after 2 minutes
+    by default). `applescript` is imported lazily, so this class can exist on any platform.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: SimpleQueue[_Job] = SimpleQueue()
+        self._compiled: dict[str, Any] = {}
+        self._module: Any = None
+        self._worker: threading.Thread | None = None
+        self._worker_lock = threading.Lock()
+
+    def run(self, script: str, args: Sequence[str], timeout: float) -> str:
+        """Run `script` with `args` on the worker thread; return its result as text."""
+        job = _Job(script, tuple(args))
+        self._ensure_worker()
+        self._jobs.put(job)
+        job.done.wait(timeout)
+        with job.lock:
+            if not job.done.is_set():
+                job.cancelled = True
+                if job.started:
+                    raise SendError(
+                        f"{_timeout_text(timeout)}; Messages did not answer and the part may or may not have been sent"
+                    )
+                raise SendError(
+                    f"{_timeout_text(timeout)} waiting for an earlier AppleScript call that is still "
+                    "running; this part was not sent"
+                )
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _ensure_worker(self) -> None:
+        with self._worker_lock:
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="applescript-worker", daemon=True)
+                self._worker.start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            with job.lock:
+                if job.cancelled:
+                    continue
+                job.started = True
+            result, error = "", None
+            try:
+                result = self._execute(job.script, job.args)
+            except SendError as exc:
+                error = exc
+            except Exception as exc:
+                error = SendError(f"AppleScript failed: {exc!r}")
+            with job.lock:
+                job.result, job.error = result, error
+                job.done.set()
+
+    def _execute(self, script: str, args: tuple[str, ...]) -> str:
+        if self._module is None:
+            try:
+                self._module = importlib.import_module("applescript")
+            except ImportError as exc:
+                raise SendError(f"py-applescript is not importable ({exc}); use the osascript backend") from exc
+        module = self._module
+        try:
+            compiled = self._compiled.get(script)
+            if compiled is None:
+                compiled = self._compiled[script] = module.AppleScript(script)
+            result = compiled.run(*args)
+        except module.ScriptError as exc:
+            raise SendError(str(getattr(exc, "message", exc)), code=getattr(exc, "number", None)) from exc
+        return "" if result is None else str(result)
+
+
+def default_backend() -> Backend:
+    """`AppleScriptBackend` when the `applescript` module (py-applescript, macOS) imports, else
+    `OsascriptBackend`."""
+    try:
+        importlib.import_module("applescript")
+    except ImportError:
+        return OsascriptBackend()
+    return AppleScriptBackend()
+
+
+# --- text --------------------------------------------------------------------------------------
+
+_ZWJ = "\u200d"
+
+
+def _joins_previous(ch: str) -> bool:
+    """True for code points that extend the grapheme cluster before them (a cut before them is bad)."""
+    cp = ord(ch)
+    return (
+        unicodedata.category(ch) in ("Mn", "Mc", "Me")  # combining marks, incl. variation selectors
+        or ch == _ZWJ
+        or 0xDC00 <= cp <= 0xDFFF  # low surrogate (only present in unpaired str data)
+        or 0x1F3FB <= cp <= 0x1F3FF  # emoji skin-tone modifiers
+        or 0xE0020 <= cp <= 0xE007F  # tag characters (subdivision flags)
+        or 0x1160 <= cp <= 0x11FF  # Hangul medial vowels and final consonants
+    )
+
+
+def _is_regional_indicator(ch: str) -> bool:
+    return 0x1F1E6 <= ord(ch) <= 0x1F1FF
+
+
+def _can_cut(text: str, i: int) -> bool:
+    """Whether a chunk may end between `text[i-1]` and `text[i]` (0 < i < len(text)).
+
+    A conservative approximation of Unicode grapheme cluster boundaries (UAX #29): never before a
+    combining mark, ZWJ, skin-tone modifier, tag or Hangul jamo continuation; never after a ZWJ or
+    a high surrogate; never between the two regional indicators of a flag. (CR LF needs no rule:
+    white space at a cut is dropped.)
+    """
+    prev, nxt = text[i - 1], text[i]
+    if _joins_previous(nxt) or prev == _ZWJ or 0xD800 <= ord(prev) <= 0xDBFF:
+        return False
+    if _is_regional_indicator(prev) and _is_regional_indicator(nxt):
+        run = 0
+        j = i - 1
+        while j >= 0 and _is_regional_indicator(text[j]):
+            run += 1
+            j -= 1
+        return run % 2 == 0
+    return True
+
+
+def _length_cut(text: str, limit: int) -> int:
+    for i in range(limit, 0, -1):
+        if _can_cut(text, i):
+            return i
+    return limit  # one cluster longer than the limit: cut it by code point
+
+
+def _newline_cut(text: str, limit: int) -> int:
+    """Where to cut `text` in `"newline"` mode.
+
+    The official preference order: the last blank line if it starts past half the limit, else the
+    last line break past half the limit, else the last space, else a hard cut (`_length_cut`).
+    """
+    for sep, floor in (("\n\n", limit / 2), ("\n", limit / 2), (" ", 0)):
+        idx = text.rfind(sep, 0, limit + len(sep))
+        while idx > floor:
+            after = idx + len(sep)
+            if _can_cut(text, idx) and (after >= len(text) or _can_cut(text, after)):
+                return idx
+            idx = text.rfind(sep, 0, idx + len(sep) - 1)
+    return _length_cut(text, limit)
+
+
+_LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def _indentation(gap: str) -> str:
+    """The white space after the last line break in `gap`, or "" when `gap` has no line break."""
+    for i in range(len(gap) - 1, -1, -1):
+        if gap[i] in _LINE_BREAKS:
+            return gap[i + 1 :]
+    return ""
+
+
+def chunk_text(text: str, limit: int = DEFAULT_CHUNK_LIMIT, mode: str = DEFAULT_CHUNK_MODE) -> list[str]:
+    """Split `text` into message-sized parts of at most `limit` characters (Python code points).
+
+    Semantics follow the official plugin's `chunk()` (`textChunkLimit`, `chunkMode` in access.json):
+    - a text of at most `limit` characters comes back unchanged as `[text]` (even if empty);
+    - mode `"newline"`: cut at the last blank line past half the limit, else the last line break
+      past half the limit, else the last space, else hard; any other mode (official default
+      `"length"`) cuts as late as possible.
+    Safer than the original: no cut inside a grapheme cluster where it can be avoided (combining
+    marks, ZWJ emoji, flags, skin tones; surrogate pairs cannot be split), and the run of
+    white space around each cut is dropped, except the indentation after its last line break,
+    which starts the next part. White-space-only parts are not returned, so a long
+    all-white-space text yields `[]`. Hence: re-inserting white space at the boundaries of the
+    parts gives back `text`, and every part has 1..limit characters.
+    Raises ValueError when `limit` < 1.
+    """
+    if limit < 1:
+        raise ValueError(f"chunk limit must be at least 1, got {limit}")
+    if len(text) <= limit:
+        return [text]
+    parts: list[str] = []
+    rest = text
+    while len(rest) > limit:
+        cut = _newline_cut(rest, limit) if mode == "newline" else _length_cut(rest, limit)
+        head, tail = rest[:cut], rest[cut:]
+        piece, body = head.rstrip(), tail.lstrip()
+        if piece:
+            parts.append(piece)
+        gap = head[len(piece) :] + tail[: len(tail) - len(body)]
+        rest = _indentation(gap) + body
+    if rest.strip():
+        parts.append(rest)
+    return parts
+
+
+def with_signature(text: str, signature: str | None) -> str:
+    """`text` followed by `signature` (e.g. `DEFAULT_SIGNATURE`, `"\\nSent by Claude"`), or `text`
+    unchanged when `signature` is None or empty. The official plugin appends it to the last part."""
+    return text + signature if signature else text
+
+
+def signature_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """The signature to append: None when `IMESSAGE_APPEND_SIGNATURE` is `false` (any case), else
+    `DEFAULT_SIGNATURE`. Official server.ts: `APPEND_SIGNATURE = env !== 'false'` (on by default)."""
+    env = os.environ if environ is None else environ
+    if env.get("IMESSAGE_APPEND_SIGNATURE", "").strip().lower() == "false":
+        return None
+    return DEFAULT_SIGNATURE
+
+
+def _clean_text(text: str) -> str:
+    """Join surrogate pairs, replace lone surrogates with U+FFFD (JSON can carry them; argv and
+    Apple events cannot), and drop NUL (argv cannot hold it)."""
+    joined = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return joined.replace("\x00", "")
+
+
+# --- targets (chat GUID forms) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where one script sends: a chat GUID (`chat id`) or, for DMs, a handle (`participant`)."""
+
+    value: str
+    participant: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"participant:{self.value}" if self.participant else self.value
+
+
+def _targets(chat_guid: str) -> list[_Target]:
+    """The GUID forms to try, in order, for `chat_guid`.
+
+    chat.db on macOS 26 (and some Sequoia setups) stores `any;-;X` / `any;+;X`, which Messages'
+    AppleScript does not always accept: "Can't get chat id" (-1728) for `any;-;` DMs
+    (anthropics/claude-code#46747, anthropics/claude-plugins-official#1012) and for `any;+;`
+    groups (openclaw/imsg#90); BlueBubbles' helper rewrites between `iMessage;-;`, `SMS;-;` and
+    `any;-;` (BlueBubblesApp/bluebubbles-helper#48). So: the given form, then the others of
+    `any`, `iMessage`, `SMS` in that order, keeping `-` (DM) or `+` (group). A group is never
+    tried as `;-;` (openclaw/imsg#90: it "sends" and is never delivered). For a DM whose
+    identifier is a handle (email or phone), finally `participant X of (1st account whose service
+    type = iMessage)`, for chats that exist in chat.db but not in Messages' live list
+    (openclaw/imsg#244).
+    """
+    parts = chat_guid.split(";", 2)
+    if len(parts) == 3 and parts[1] in ("-", "+") and parts[0] and parts[2]:
+        service, sep, ident = parts
+        forms = [chat_guid] + [f"{s};{sep};{ident}" for s in _DM_SERVICES if s.lower() != service.lower()]
+        targets = [_Target(form) for form in forms]
+        if sep == "-" and _looks_like_handle(ident):
+            targets.append(_Target(ident, participant=True))
+        return targets
+    targets = [_Target(chat_guid)]
+    if _looks_like_handle(chat_guid):
+        targets.append(_Target(chat_guid, participant=True))
+    return targets
+
+
+def _looks_like_handle(ident: str) -> bool:
+    return is_email(ident) or bool(_PHONE.fullmatch(ident))
+
+
+def _script(file: bool, participant: bool) -> str:
+    if participant:
+        return SEND_FILE_PARTICIPANT_SCRIPT if file else SEND_PARTICIPANT_SCRIPT
+    return SEND_FILE_SCRIPT if file else SEND_SCRIPT
+
+
+# --- sender ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Part:
+    payload: str  # the text, or the staged file's path
+    file: Path | None = None  # the original file, for file parts
+
+
+class Sender:
+    """Sends one reply (text parts, then files) to one chat through a `Backend`.
+
+    `state_dir` is the channel's state (`IMESSAGE_STATE_DIR`): files inside it are never sent.
+    `messages_dir` is where staged copies go (`<messages_dir>/imessage-channel-outbox/<uuid>/`).
+    `timeout` bounds each AppleScript call, in seconds. Calls to `send` are serialised.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        state_dir: Path,
+        messages_dir: Path = DEFAULT_MESSAGES_DIR,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self._backend = backend
+        self._state_dir = Path(state_dir).expanduser()
+        self.outbox = Path(messages_dir).expanduser() / OUTBOX_NAME
+        self._timeout = timeout
+        self._resolved: dict[str, _Target] = {}
+        self._lock = threading.Lock()
+
+    def send(
+        self,
+        chat_guid: str,
+        text: str,
+        files: Sequence[str] = (),
+        *,
+        chunk_limit: int = DEFAULT_CHUNK_LIMIT,
+        chunk_mode: str = DEFAULT_CHUNK_MODE,
+        signature: str | None = None,
+    ) -> SendResult:
+        """Send `text` (split by `chunk_text`, `signature` appended to the last part) and then each
+        of `files` as its own message, in order.
+
+        `chunk_limit` is clamped to 1..`MAX_CHUNK_LIMIT` (as the official plugin does). When a
+        signature would push the last part over the limit, that part is split again so the
+        signature fits. A white-space-only `text` sends no text part (and no signature).
+        Every file is checked before anything is sent (see `check_file`). Staged copies older
+        than `DEFAULT_STAGE_TTL` are cleaned up first.
+
+        Raises `SendError`: nothing to send, an invalid chat id, a refused file (`sent_parts` 0),
+        or part k of N failing: "sent k-1 of N parts; part k failed: …" with `sent_parts` = k-1.
+        """
+        with self._lock:
+            self.cleanup_staged(DEFAULT_STAGE_TTL)
+            if not chat_guid.strip() or "\x00" in chat_guid:
+                raise SendError(f"invalid chat id {chat_guid!r}")
+            paths = [self.check_file(f) for f in files]
+            texts = text_parts(text, chunk_limit, chunk_mode, signature)
+            parts = [_Part(t) for t in texts] + [_Part("", p) for p in paths]
+            if not parts:
+                raise SendError("nothing to send: the text is empty and no files were given")
+            guid_used = chat_guid
+            for k, part in enumerate(parts, start=1):
+                try:
+                    payload = str(self._stage(part.file)) if part.file is not None else part.payload
+                    guid_used = self._deliver(chat_guid, payload, file=part.file is not None)
+                except SendError as exc:
+                    what = f"part {k} (file {part.file.name})" if part.file is not None else f"part {k}"
+                    noun = "part" if len(parts) == 1 else "parts"
+                    raise SendError(
+                        f"sent {k - 1} of {len(parts)} {noun}; {what} failed: {exc.message}",
+                        code=exc.code,
+                        sent_parts=k - 1,
+                    ) from exc
+            return SendResult(len(parts), len(parts), guid_used, tuple(texts))
+
+    def check_file(self, name: str) -> Path:
+        """Resolve `name` (symlinks followed, `~` expanded) and return the real path of a file we
+        may send.
+
+        Refused with `SendError`: a missing path; anything inside the state dir, judged after
+        resolving symlinks (official `assertSendable`: the server's own state is the one thing
+        Claude never needs to send); a directory or other non-regular file (a FIFO would hang the
+        copy); a file over `MAX_FILE_BYTES` (100 MiB).
+        """
+        try:
+            real = Path(name).expanduser().resolve(strict=True)
+            st = real.stat()
+        except FileNotFoundError:
+            raise SendError(f"file not found: {name}") from None
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise SendError(f"cannot read file {name}: {exc}") from None
+        if real.is_relative_to(self._state_dir.resolve()):
+            raise SendError(f"refusing to send channel state: {name}")
+        if stat.S_ISDIR(st.st_mode):
+            raise SendError(f"cannot send a directory: {name}")
+        if not stat.S_ISREG(st.st_mode):
+            raise SendError(f"not a regular file: {name}")
+        if st.st_size > MAX_FILE_BYTES:
+            raise SendError(f"file too large: {name} ({st.st_size / 1024 / 1024:.1f} MB, max 100 MB)")
+        return real
+
+    def cleanup_staged(self, older_than: float = DEFAULT_STAGE_TTL, *, now: float | None = None) -> int:
+        """Delete staged copies whose folder is more than `older_than` seconds old (by mtime,
+        against `now`, default `time.time()`). Returns how many entries were removed; never raises.
+
+        Staged copies are not deleted right after sending because Messages uploads them after the
+        script returns (the official plugin waits 30 s; we keep them 10 minutes by default).
+        """
+        current = time.time() if now is None else now
+        removed = 0
+        try:
+            entries = list(os.scandir(self.outbox))
+        except OSError:
+            return 0
+        for entry in entries:
+            try:
+                if current - entry.stat(follow_symlinks=False).st_mtime <= older_than:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+                removed += 1
+            except OSError as exc:
+                log.debug("could not remove staged %s: %s", entry.path, exc)
+        return removed
+
+    def _stage(self, real: Path) -> Path:
+        """Copy `real` to `outbox/<uuid>/<name>`: Messages is sandboxed and silently drops files
+        outside `~/Library/Messages` (anthropics/claude-plugins-official#1113, design.md §6)."""
+        folder = self.outbox / uuid.uuid4().hex
+        try:
+            folder.mkdir(parents=True, mode=0o700)
+            staged = folder / real.name
+            shutil.copyfile(real, staged)
+        except OSError as exc:
+            raise SendError(f"could not stage {real.name} under {self.outbox}: {exc}") from None
+        return staged
+
+    def _deliver(self, chat_guid: str, payload: str, *, file: bool) -> str:
+        """Run the send script for `payload` against each GUID form until one is accepted;
+        remember the accepted form for this chat. Returns its label."""
+        candidates = _targets(chat_guid)
+        known = self._resolved.get(chat_guid)
+        if known is not None:
+            candidates = [known] + [t for t in candidates if t != known]
+        tried: list[str] = []
+        last: SendError | None = None
+        for target in candidates:
+            try:
+                self._backend.run(_script(file, target.participant), [payload, target.value], self._timeout)
+            except SendError as exc:
+                if exc.code == ERR_NOT_FOUND:
+                    tried.append(target.label)
+                    last = exc
+                    continue
+                if exc.code == ERR_NOT_AUTHORIZED:
+                    raise SendError(AUTOMATION_HELP, code=ERR_NOT_AUTHORIZED) from exc
+                raise
+            self._resolved[chat_guid] = target
+            return target.label
+        detail = last.message if last is not None else ""
+        raise SendError(
+            f"Messages cannot find chat {chat_guid} (tried {', '.join(tried)}): {detail}",
+            code=ERR_NOT_FOUND,
+        )
+
+
+def text_parts(text: str, limit: int, mode: str, signature: str | None) -> list[str]:
+    """The exact texts `Sender.send` sends for `text`, in order: cleaned, chunked by `limit` (clamped
+    to 1..`MAX_CHUNK_LIMIT`) and `mode`, `signature` appended to the last part (which is split again
+    when the signature would not fit). Empty for white-space-only text. The server feeds these to the
+    echo filter before sending, so echoes are recognised part by part."""
+    text = _clean_text(text)
+    if not text.strip():
+        return []
+    limit = max(1, min(limit, MAX_CHUNK_LIMIT))
+    parts = chunk_text(text, limit, mode)
+    if signature:
+        signature = _clean_text(signature)
+        if len(parts[-1]) + len(signature) > limit and limit > len(signature):
+            parts[-1:] = chunk_text(parts[-1], limit - len(signature), mode)
+        parts[-1] = with_signature(parts[-1], signature)
+    return parts
