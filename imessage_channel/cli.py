@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .chatdb import ChatDB, ChatDBError, Message, default_db_path
-from .render import render_conversation
+from .render import describe, render_conversation
 
 
 def _message_json(msg: Message) -> dict[str, object]:
@@ -75,7 +75,7 @@ def cmd_messages(args: argparse.Namespace) -> int:
         for guid, chunk in blocks:
             chat = db.chat(guid) if guid else None
             if chat is None:
-                out.append("== (no chat yet) ==\n" + "\n".join(f"#{m.rowid} {m.text}" for m in chunk))
+                out.append("== (no chat yet) ==\n" + "\n".join(f"#{m.rowid} {describe(m)}" for m in chunk))
                 continue
             out.append(
                 render_conversation(

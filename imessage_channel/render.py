@@ -60,7 +60,7 @@ def describe(msg: Message, quote: QuoteLookup | None = None) -> str:
         target = q(guid) if guid else None
         return f'"{first_words(target, 40)}"' if target else "a message"
 
-    atts = " ".join(f"[attachment: {a.name} {a.mime_type or 'unknown'}]" for a in msg.attachments)
+    atts = " ".join(f"[attachment: {one_line(a.name)} {one_line(a.mime_type or 'unknown')}]" for a in msg.attachments)
     text = " ".join(p for p in (atts, one_line(msg.text)) if p)
     if msg.kind is Kind.TAPBACK and msg.tapback:
         emoji = msg.tapback.emoji or msg.tapback.reaction

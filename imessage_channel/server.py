@@ -20,12 +20,15 @@ import logging
 import os
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 import mcp_types as types
 from mcp.server.lowlevel import Server
@@ -138,6 +141,48 @@ class ToolInputError(ValueError):
     """A tool call's arguments are malformed; the message says which and how."""
 
 
+class StdinLines:
+    """Lines of the process's stdin, read by a daemon thread and handed to the event loop.
+
+    The SDK's own stdin reader blocks a (non-daemon) worker thread until a line or EOF arrives, so a
+    server asked to stop by SIGTERM, or whose parent died while stdin stayed open, could not exit.
+    Passing this to `stdio_server(stdin=…)` keeps stdin reading off the exit path. Iterate it with
+    `async for`; iteration ends at EOF.
+    """
+
+    def __init__(self) -> None:
+        self._send, self._recv = anyio.create_memory_object_stream[str](64)
+        self._token = anyio.lowlevel.current_token()
+        threading.Thread(target=self._pump, name="stdin", daemon=True).start()
+
+    def _pump(self) -> None:
+        # Raw os.read on a private descriptor: a daemon thread blocked inside sys.stdin's buffered
+        # reader holds its lock and aborts interpreter shutdown ("could not acquire lock").
+        fd = os.dup(0)
+        pending = b""
+        try:
+            while chunk := os.read(fd, 65536):
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    anyio.from_thread.run(self._send.send, line.decode("utf-8", "replace"), token=self._token)
+            if pending:
+                anyio.from_thread.run(self._send.send, pending.decode("utf-8", "replace"), token=self._token)
+            anyio.from_thread.run_sync(self._send.close, token=self._token)
+        except (OSError, RuntimeError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the event loop is gone: the process is exiting
+        finally:
+            os.close(fd)
+
+    def __aiter__(self) -> StdinLines:
+        return self
+
+    async def __anext__(self) -> str:
+        try:
+            return await self._recv.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+
 def _error(text: str) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True)
 
@@ -247,7 +292,7 @@ class Channel:
         if params.input_preview:
             lines.append(params.input_preview[:600])
         lines.append(f'Reply "yes {params.request_id}" to allow or "no {params.request_id}" to deny.')
-        await self._send_text(target, "\n".join(lines), self_chat=True)
+        await self._send_text(target, "\n".join(lines), True)
 
     # -- access scope ---------------------------------------------------------------------------
     def self_chat_guid(self) -> str | None:
@@ -343,7 +388,7 @@ class Channel:
         return _ok("\n\n".join(blocks) if blocks else "No messages.")
 
     # -- delivery ----------------------------------------------------------------------------------
-    async def _send_text(self, chat_guid: str, text: str, *, self_chat: bool) -> None:
+    async def _send_text(self, chat_guid: str, text: str, self_chat: bool) -> None:
         self.echo.record(chat_guid, text, self_chat=self_chat)
         try:
             await anyio.to_thread.run_sync(self.sender.send, chat_guid, text)
@@ -405,40 +450,45 @@ class Channel:
                 timeout = 0.05 if held else SAFETY_POLL_S
                 await anyio.to_thread.run_sync(self.waker.wait, timeout, abandon_on_cancel=True)
 
-    async def serve_stdio(self) -> None:
-        """Serve MCP on stdin/stdout until EOF, a signal, or the parent process exits."""
+    async def serve_stdio(self, parent: int) -> None:
+        """Serve MCP on stdin/stdout until EOF, a signal, or the parent process `parent` exits
+        (its pid, taken as early as possible: a parent that dies before is not noticed)."""
         init = self.server.create_initialization_options(
             experimental_capabilities={"claude/channel": {}, "claude/channel/permission": {}}
         )
-        parent = os.getppid()
-        async with stdio_server() as (read, write), anyio.create_task_group() as tg:
+        stdin: Any = StdinLines()
+        # One scope around the transport too: cancelling it also ends the SDK's stdio reader and
+        # writer tasks, which otherwise wait for EOF (a signal or a dead parent leaves stdin open).
+        with anyio.CancelScope() as scope:
 
-            async def serve() -> None:
+            def stop(reason: str) -> None:
+                log.info("%s; exiting", reason)
+                scope.cancel()
+
+            async def serve(read: Any, write: Any) -> None:
                 await serve_loop(self.server, read, write, lifespan_state={}, init_options=init)
-                log.info("stdin closed; exiting")
-                tg.cancel_scope.cancel()
+                stop("stdin closed")
 
             async def signals() -> None:
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
                     async for signum in received:
-                        log.info("received %s; exiting", signal.Signals(signum).name)
-                        tg.cancel_scope.cancel()
+                        stop(f"received {signal.Signals(signum).name}")
                         return
 
             async def parent_watch() -> None:
-                while True:
+                while os.getppid() == parent:
                     await anyio.sleep(PARENT_CHECK_S)
-                    if os.getppid() != parent:
-                        log.info("parent process %d is gone; exiting", parent)
-                        tg.cancel_scope.cancel()
-                        return
+                stop(f"parent process {parent} is gone")
 
-            tg.start_soon(serve)
-            tg.start_soon(signals)
-            tg.start_soon(self.deliver_forever)
-            if parent > 1:
-                tg.start_soon(parent_watch)
-        self.waker.stop()
+            try:
+                async with stdio_server(stdin=stdin) as (read, write), anyio.create_task_group() as tg:
+                    tg.start_soon(serve, read, write)
+                    tg.start_soon(signals)
+                    tg.start_soon(self.deliver_forever)
+                    if parent > 1:
+                        tg.start_soon(parent_watch)
+            finally:
+                self.waker.stop()
 
 
 def configure_logging() -> None:
@@ -449,6 +499,7 @@ def configure_logging() -> None:
 
 def main() -> int:
     """`imessage-channel serve`: run the channel on stdio. Returns the exit code (2: chat.db unusable)."""
+    parent = os.getppid()
     configure_logging()
     config = Config.from_env()
     try:
@@ -465,7 +516,7 @@ def main() -> int:
         ", ".join(sorted(channel.owner)) or "none found (self-chat will not be recognised)",
     )
     try:
-        anyio.run(channel.serve_stdio)
+        anyio.run(channel.serve_stdio, parent)
     except KeyboardInterrupt:
         pass
     finally:

@@ -80,7 +80,7 @@ _INT_TYPES: Final = {
     "I": (0, (1 << 32) - 1),
     "l": (-(1 << 31), (1 << 31) - 1),
     "L": (0, (1 << 32) - 1),
-    "q": (-(1 << 31), (1 << 31) - 1),  # typedstream has no 8-byte integer form
+    "q": (-(1 << 31), (1 << 31) - 1),  # typedstream integers are at most 4 bytes (0x82 tag)
     "Q": (0, (1 << 32) - 1),
 }
 

@@ -1,0 +1,434 @@
+"""Benchmark inbound delivery: commit → `notifications/claude/channel` latency, and burst throughput.
+
+Owns the end-to-end latency benchmark (design §7). It starts `python -m imessage_channel serve` as a
+subprocess on a COPY of a chat.db (fake `osascript` first on `PATH`, state in a temporary folder), speaks
+raw newline-delimited JSON-RPC over its stdio (`initialize` with protocolVersion 2025-11-25, then
+`notifications/initialized`), and a reader thread stamps every `notifications/claude/channel` line with
+`time.perf_counter()` on arrival. Then:
+
+1. latency: `--messages` self-chat texts, one at a time, each after a random 20–200 ms pause (random
+   phases relative to any poll timer), each written by `MessagesSimulator.text_self(..., typed_on="mac")`
+   (one `is_from_me = 1` row, one commit). Latency = arrival − `perf_counter()` taken right after the
+   commit returned; reported as p50/p90/p99/max in ms (nearest-rank percentiles);
+2. burst: `--burst` self-chat rows in ONE transaction (`with sim.batch():`); reported: commit → first and
+   → last event, events/s (`burst / (last − commit)`);
+3. exactly-once: every row written must arrive exactly once, matched by `meta.message_id` (the row GUID);
+   lost, duplicated and unexpected events are counted after a 2 s settle;
+4. process figures: spawn → `initialize` reply, peak RSS (`VmHWM`), CPU used while idle over 5 s.
+
+`--baseline` repeats the same measurement against a 1-second ROWID poller (this script with `--poller`:
+`SELECT ROWID, guid FROM message WHERE ROWID > ?` every second, one JSON line per new row — what the
+official plugin's delivery amounts to, without its decoding) and prints the ratio ours/baseline.
+The default database is a fresh small fixture (`create_chatdb` + a self-chat); `--db` copies yours.
+Linux only for the process figures (`/proc`); everything else is portable.
+
+Usage (from the repo root): `uv run python scripts/bench_latency.py [--db /tmp/big/chat.db] [--baseline]
+[--messages 200] [--burst 10000] [--json out.json]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fixtures.chatdb_builder import create_chatdb
+from imessage_channel.simulator import ChatRef, MessagesSimulator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHANNEL = "notifications/claude/channel"
+PROTOCOL_VERSION = "2025-11-25"
+OWNER = "owner@example.com"
+SETTLE_S = 2.0
+IDLE_WINDOW_S = 5.0
+POLL_INTERVAL_S = 1.0
+
+
+# ------------------------------------------------------------------------------------------ the poller
+def run_poller(db: Path) -> int:
+    """Baseline: print `{"ready": true}`, then every second one JSON line per row past the watermark.
+    Exits when stdin reaches EOF, like the channel."""
+    threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None)
+    watermark = int(conn.execute("SELECT COALESCE(MAX(ROWID), 0) FROM message").fetchone()[0])
+    out = sys.stdout
+    out.write(json.dumps({"ready": True}) + "\n")
+    out.flush()
+    while True:
+        time.sleep(POLL_INTERVAL_S)
+        rows = conn.execute("SELECT ROWID, guid FROM message WHERE ROWID > ? ORDER BY ROWID", (watermark,)).fetchall()
+        for rowid, guid in rows:
+            out.write(json.dumps({"rowid": rowid, "message_id": guid}) + "\n")
+        if rows:
+            out.flush()
+            watermark = rows[-1][0]
+
+
+# ------------------------------------------------------------------------------------------ the target
+@dataclass
+class Target:
+    """A process under test and the timestamped events read from its stdout by a reader thread."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    spawned: float
+    ready_at: float | None = None
+    events: list[tuple[float, str]] = field(default_factory=list)
+    closed: bool = False
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def start_reader(self) -> None:
+        threading.Thread(target=self._read, name=f"reader-{self.name}", daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            now = time.perf_counter()
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                print(f"[{self.name}] non-JSON on stdout: {raw[:200]!r}", file=sys.stderr)
+                continue
+            mid: str | None = None
+            if obj.get("method") == CHANNEL:
+                mid = obj["params"]["meta"].get("message_id")
+            elif "message_id" in obj:
+                mid = obj["message_id"]
+            with self.cond:
+                if obj.get("id") == 1 or obj.get("ready"):
+                    self.ready_at = now
+                if mid is not None:
+                    self.events.append((now, mid))
+                self.cond.notify_all()
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+    def send(self, obj: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(obj).encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def wait_ready(self, timeout: float) -> None:
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.ready_at is not None or self.closed, timeout):
+                raise TimeoutError(f"{self.name}: not ready after {timeout} s")
+            if self.ready_at is None:
+                raise RuntimeError(f"{self.name}: exited before it was ready (code {self.proc.poll()})")
+
+    def wait_for(self, guids: set[str], timeout: float) -> set[str]:
+        """Wait until every GUID in `guids` has arrived at least once; return the ones still missing."""
+        missing = set(guids)
+        seen = 0
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while missing and not self.closed:
+                for _, mid in self.events[seen:]:
+                    missing.discard(mid)
+                seen = len(self.events)
+                left = deadline - time.monotonic()
+                if not missing or left <= 0:
+                    break
+                self.cond.wait(min(left, 0.5))
+        return missing
+
+    def first_arrivals(self) -> dict[str, float]:
+        with self.cond:
+            out: dict[str, float] = {}
+            for t, mid in self.events:
+                out.setdefault(mid, t)
+            return out
+
+    def counts(self) -> dict[str, int]:
+        with self.cond:
+            out: dict[str, int] = {}
+            for _, mid in self.events:
+                out[mid] = out.get(mid, 0) + 1
+            return out
+
+    def stop(self) -> int | None:
+        """Close stdin (the server exits on EOF), wait, terminate if needed; return the exit code."""
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        try:
+            return self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            return self.proc.wait(timeout=10)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` from `/proc/<pid>/stat`, in seconds (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mib(pid: int) -> float:
+    """`VmHWM` (peak resident set) of `pid`, in MiB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_server(db: Path, work: Path, stderr: IO[bytes]) -> Target:
+    """Spawn the channel on `db` and complete the MCP handshake."""
+    state = work / "state"
+    state.mkdir(exist_ok=True)
+    env = {
+        **os.environ,
+        "IMESSAGE_DB_PATH": str(db),
+        "IMESSAGE_STATE_DIR": str(state),
+        "PATH": f"{ROOT / 'tests' / 'fakes' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FAKE_OSASCRIPT_LOG": str(work / "osascript.log"),
+        "IMESSAGE_APPLESCRIPT_BACKEND": "osascript",
+        "IMESSAGE_LOG_LEVEL": "WARNING",
+    }
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imessage_channel", "serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        env=env,
+        cwd=ROOT,
+    )
+    target = Target("ours", proc, t0)
+    target.start_reader()
+    target.send(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": PROTOCOL_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "bench-latency", "version": "0"},
+            },
+        }
+    )
+    target.wait_ready(60)
+    target.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    return target
+
+
+def start_poller(db: Path, stderr: IO[bytes]) -> Target:
+    """Spawn the baseline 1-second poller on `db`."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--poller", str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+    )
+    target = Target("baseline", proc, t0)
+    target.start_reader()
+    target.wait_ready(60)
+    return target
+
+
+# ------------------------------------------------------------------------------------------ measuring
+def percentile(sorted_ms: list[float], q: float) -> float:
+    """Nearest-rank percentile `q` (0–100) of an ascending list."""
+    if not sorted_ms:
+        return float("nan")
+    return sorted_ms[max(0, math.ceil(q / 100 * len(sorted_ms)) - 1)]
+
+
+def write_one(sim: MessagesSimulator, chat: ChatRef, text: str) -> str:
+    """One self-chat text typed on the Mac: exactly one row, one commit. Returns its GUID."""
+    rows = sim.text_self(text, chat, typed_on="mac")
+    if len(rows) != 1:
+        raise RuntimeError(f"text_self wrote {len(rows)} rows, expected 1")
+    return rows[0].guid
+
+
+def measure(target: Target, db: Path, n: int, burst: int, rng: random.Random) -> dict[str, Any]:
+    """Run the latency, burst and exactly-once measurements against a started target."""
+    tag = f"{target.name}-{rng.getrandbits(32):08x}"
+    with MessagesSimulator(db, owner=OWNER) as sim:
+        chat = sim.self_chat()
+        warm = write_one(sim, chat, f"warm-up {tag}")
+        if target.wait_for({warm}, 30):
+            raise RuntimeError(f"{target.name}: warm-up message never arrived")
+        written: list[str] = [warm]
+
+        commits: dict[str, float] = {}
+        for i in range(n):
+            time.sleep(rng.uniform(0.020, 0.200))
+            g = write_one(sim, chat, f"latency {i} {tag}")
+            commits[g] = time.perf_counter()
+        written += commits
+        missing = target.wait_for(set(commits), 30)
+        arrivals = target.first_arrivals()
+        lat = sorted((arrivals[g] - t) * 1000 for g, t in commits.items() if g in arrivals)
+
+        burst_guids: list[str] = []
+        t_write = time.perf_counter()
+        with sim.batch():
+            for i in range(burst):
+                burst_guids.append(write_one(sim, chat, f"burst {i} {tag}"))
+        t_commit = time.perf_counter()
+        written += burst_guids
+        burst_missing = target.wait_for(set(burst_guids), max(60.0, burst / 50))
+        arrivals = target.first_arrivals()
+        got = [arrivals[g] for g in burst_guids if g in arrivals]
+
+    time.sleep(SETTLE_S)  # duplicates would come with a later read: give one a chance to happen
+    counts = target.counts()
+    mine = set(written)
+    result: dict[str, Any] = {
+        "messages": n,
+        "latencies_ms": lat,
+        "p50_ms": percentile(lat, 50),
+        "p90_ms": percentile(lat, 90),
+        "p99_ms": percentile(lat, 99),
+        "max_ms": lat[-1] if lat else float("nan"),
+        "mean_ms": sum(lat) / len(lat) if lat else float("nan"),
+        "latency_missing": len(missing),
+        "burst": burst,
+        "burst_write_ms": (t_commit - t_write) * 1000,
+        "burst_first_ms": (min(got) - t_commit) * 1000 if got else float("nan"),
+        "burst_last_ms": (max(got) - t_commit) * 1000 if got else float("nan"),
+        "burst_events_per_s": len(got) / (max(got) - t_commit) if got else 0.0,
+        "burst_missing": len(burst_missing),
+        "lost": sum(1 for g in written if counts.get(g, 0) == 0),
+        "duplicated": sum(1 for g in written if counts.get(g, 0) > 1),
+        "unexpected": sum(c for g, c in counts.items() if g not in mine),
+        "events_total": sum(counts.values()),
+        "startup_ms": ((target.ready_at or 0) - target.spawned) * 1000,
+    }
+    try:
+        before = cpu_seconds(target.proc.pid)
+        time.sleep(IDLE_WINDOW_S)
+        result["idle_cpu_pct"] = (cpu_seconds(target.proc.pid) - before) / IDLE_WINDOW_S * 100
+        result["peak_rss_mib"] = peak_rss_mib(target.proc.pid)
+    except OSError:  # not Linux, or the process is gone
+        result["idle_cpu_pct"] = result["peak_rss_mib"] = float("nan")
+    return result
+
+
+def run_target(kind: str, db: Path, work: Path, args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
+    """Start `kind` ("ours" or "baseline") on `db`, measure it, stop it; report crashes with stderr."""
+    err_path = work / f"{kind}.stderr"
+    with err_path.open("wb") as err:
+        target = start_server(db, work, err) if kind == "ours" else start_poller(db, err)
+        try:
+            result = measure(target, db, args.messages, args.burst, rng)
+            alive = target.proc.poll() is None
+        finally:
+            code = target.stop()
+    result["alive_after_burst"] = alive
+    result["exit_code"] = code
+    stderr = err_path.read_text(errors="replace")
+    result["stderr_tail"] = stderr[-2000:]
+    if kind == "ours" and (not alive or code not in (0, None)):
+        print(f"!! server exited (alive={alive}, code={code}); stderr tail:\n{stderr[-2000:]}", file=sys.stderr)
+    return result
+
+
+def prepare_db(src: Path | None, work: Path) -> Path:
+    """A writable copy of `src` (with -wal/-shm), or a fresh small sequoia fixture with a self-chat."""
+    folder = work / "db"
+    folder.mkdir()
+    dst = folder / "chat.db"
+    if src is None:
+        create_chatdb(dst, "sequoia")
+        with MessagesSimulator(dst, owner=OWNER) as sim:
+            sim.self_chat()
+        return dst
+    for suffix in ("", "-wal", "-shm"):
+        part = Path(str(src) + suffix)
+        if part.exists():
+            shutil.copyfile(part, str(dst) + suffix)
+    return dst
+
+
+def print_table(results: dict[str, dict[str, Any]]) -> None:
+    """Print the figures, one column per target, plus ours/baseline when both ran."""
+    rows = [
+        ("latency p50 (ms)", "p50_ms", ".1f"),
+        ("latency p90 (ms)", "p90_ms", ".1f"),
+        ("latency p99 (ms)", "p99_ms", ".1f"),
+        ("latency max (ms)", "max_ms", ".1f"),
+        ("latency mean (ms)", "mean_ms", ".1f"),
+        ("burst: writer time (ms)", "burst_write_ms", ".0f"),
+        ("burst: commit→first (ms)", "burst_first_ms", ".1f"),
+        ("burst: commit→last (ms)", "burst_last_ms", ".0f"),
+        ("burst: events/s", "burst_events_per_s", ",.0f"),
+        ("lost", "lost", "d"),
+        ("duplicated", "duplicated", "d"),
+        ("unexpected", "unexpected", "d"),
+        ("start-up to ready (ms)", "startup_ms", ".0f"),
+        ("peak RSS (MiB)", "peak_rss_mib", ".1f"),
+        ("idle CPU (%)", "idle_cpu_pct", ".2f"),
+    ]
+    names = list(results)
+    both = "ours" in results and "baseline" in results
+    head = f"{'':26}" + "".join(f"{n:>12}" for n in names) + (f"{'ratio':>10}" if both else "")
+    print(head)
+    for label, key, fmt in rows:
+        line = f"{label:26}" + "".join(f"{format(results[n][key], fmt):>12}" for n in names)
+        if both and isinstance(results["baseline"][key], float) and results["baseline"][key]:
+            line += f"{results['ours'][key] / results['baseline'][key]:>10.3f}"
+        print(line)
+
+
+def main() -> int:
+    """Parse arguments, run the measurements, print the table, optionally write the raw figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", type=Path, help="chat.db to copy (default: a fresh small fixture)")
+    parser.add_argument("--messages", type=int, default=200, help="single messages for the latency figures")
+    parser.add_argument("--burst", type=int, default=10_000, help="rows written in one transaction")
+    parser.add_argument("--baseline", action="store_true", help="also measure a 1-second ROWID poller")
+    parser.add_argument("--seed", type=int, default=1, help="seeds the random pauses")
+    parser.add_argument("--json", type=Path, help="write the raw figures here")
+    parser.add_argument("--poller", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.poller:
+        return run_poller(args.poller)
+    if args.messages < 1 or args.burst < 1:
+        parser.error("--messages and --burst must be at least 1")
+    rng = random.Random(args.seed)
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        db = prepare_db(args.db, work)
+        print(f"database: {args.db or 'fresh sequoia fixture'} → {db} (prepared in {time.perf_counter() - t0:.1f} s)")
+        for kind in ("ours", "baseline") if args.baseline else ("ours",):
+            results[kind] = run_target(kind, db, work, args, rng)
+            r = results[kind]
+            print(
+                f"{kind}: {r['events_total']} events; lost {r['lost']}, duplicated {r['duplicated']}, "
+                f"unexpected {r['unexpected']}; exit code {r['exit_code']}"
+            )
+    print(f"\nmessages: {args.messages} single, burst {args.burst} in one transaction; nproc {os.cpu_count()}")
+    print_table(results)
+    if args.json:
+        args.json.write_text(
+            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1) + "\n"
+        )
+    bad = any(r["lost"] or r["duplicated"] or r["unexpected"] for r in results.values())
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
