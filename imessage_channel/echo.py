@@ -49,11 +49,12 @@ class _Sent:
 
 
 class EchoFilter:
-    """Thread-safe memory of recently sent texts. `clock` is monotonic seconds (injectable)."""
+    """Thread-safe memory of recently sent texts. `clock` returns monotonic seconds (default
+    `time.monotonic`, looked up at each call so tests can freeze it)."""
 
-    def __init__(self, window: float = ECHO_WINDOW_S, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, window: float = ECHO_WINDOW_S, clock: Callable[[], float] | None = None) -> None:
         self.window = window
-        self.clock = clock
+        self.clock = clock or (lambda: time.monotonic())
         self._sent: dict[tuple[str, str], _Sent] = {}
         self._lock = threading.Lock()
 

@@ -279,6 +279,10 @@ def measure(target: Target, db: Path, n: int, burst: int, rng: random.Random) ->
         missing = target.wait_for(set(commits), 30)
         arrivals = target.first_arrivals()
         lat = sorted((arrivals[g] - t) * 1000 for g, t in commits.items() if g in arrivals)
+        t_first = min(commits.values())
+        samples = [
+            [(t - t_first) * 1000, (arrivals[g] - t) * 1000 if g in arrivals else None] for g, t in commits.items()
+        ]
 
         burst_guids: list[str] = []
         t_write = time.perf_counter()
@@ -297,6 +301,7 @@ def measure(target: Target, db: Path, n: int, burst: int, rng: random.Random) ->
     result: dict[str, Any] = {
         "messages": n,
         "latencies_ms": lat,
+        "samples": samples,  # [commit time since the first commit, latency], ms, in write order
         "p50_ms": percentile(lat, 50),
         "p90_ms": percentile(lat, 90),
         "p99_ms": percentile(lat, 99),

@@ -14,10 +14,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from fixtures.chatdb_builder import VERSIONS, message_columns
+from fixtures.chatdb_builder import VERSIONS, create_chatdb, message_columns
 from imessage_channel.appletime import APPLE_EPOCH, NS_THRESHOLD, from_apple, to_apple_ns
 from imessage_channel.chatdb import (
     OWNER_SCAN_ROWS,
@@ -366,8 +366,7 @@ def test_dates_in_nanoseconds_and_legacy_seconds(chatdb_factory, version):
 @given(st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)))
 def test_appletime_round_trip(when):
     ns = to_apple_ns(when)
-    if abs(ns) < NS_THRESHOLD:  # within 11.6 days of 2001-01-01 nanoseconds read as legacy seconds
-        return
+    assume(abs(ns) >= NS_THRESHOLD)  # within 11.6 days of 2001-01-01, nanoseconds read as legacy seconds
     assert from_apple(ns) == when
 
 
@@ -597,6 +596,18 @@ def test_unreadable_database_explains_full_disk_access(tmp_path, kind):
         ChatDB(target)
     assert FDA_PATH in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_paths_with_uri_characters_open(tmp_path):
+    folder = tmp_path / "Application Support" / "chats #1?x=y&mode=rw%20"
+    folder.mkdir(parents=True)
+    path = create_chatdb(folder / "chat.db", "ventura")
+    with MessagesSimulator(path) as sim:
+        sim.receive(sim.dm(FRIEND), FRIEND, "found")
+    with ChatDB(path) as db:
+        assert [m.text for m in db.recent()] == ["found"]
+        with pytest.raises(ChatDBError):  # still read-only: the query string was not taken from the path
+            db._query("INSERT INTO handle (id, service) VALUES ('x', 'iMessage')")
 
 
 def test_a_database_without_messages_tables_is_refused(tmp_path):
