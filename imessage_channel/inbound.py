@@ -130,7 +130,8 @@ class InboundPipeline:
     """Turns rows past `watermark` into actions (see module docstring).
 
     `owner`: the owner's normalised handles (`ChatDB.owner_handles()`); `allow_sms`: env
-    `IMESSAGE_ALLOW_SMS=true`; `now`: aware-UTC clock (freezegun-friendly); `monotonic`: for grace
+    `IMESSAGE_ALLOW_SMS=true`; `dry_run`: decide only, never write access.json (pairing) — for
+    `imessage-channel watch`; `now`: aware-UTC clock (freezegun-friendly); `monotonic`: for grace
     periods. Not thread-safe: one thread polls.
     """
 
@@ -141,6 +142,7 @@ class InboundPipeline:
     echo: EchoFilter = field(default_factory=EchoFilter)
     permissions: PendingPermissions = field(default_factory=PendingPermissions)
     allow_sms: bool = False
+    dry_run: bool = False
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     monotonic: Callable[[], float] = time.monotonic
     _self: dict[str, bool] = field(default_factory=dict)
@@ -256,6 +258,8 @@ class InboundPipeline:
 
     def _pair(self, msg: Message) -> list[Action]:
         assert msg.handle is not None and msg.chat_guid is not None
+        if self.dry_run:
+            return []
         outcome_box: list[access_mod.PairingOutcome] = []
 
         def step(acc: access_mod.Access) -> access_mod.Access:

@@ -20,15 +20,12 @@ import logging
 import os
 import signal
 import sys
-import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.from_thread
-import anyio.lowlevel
 import anyio.to_thread
 import mcp_types as types
 from mcp.server.lowlevel import Server
@@ -139,48 +136,6 @@ class PermissionRequest(BaseModel):
 
 class ToolInputError(ValueError):
     """A tool call's arguments are malformed; the message says which and how."""
-
-
-class StdinLines:
-    """Lines of the process's stdin, read by a daemon thread and handed to the event loop.
-
-    The SDK's own stdin reader blocks a (non-daemon) worker thread until a line or EOF arrives, so a
-    server asked to stop by SIGTERM, or whose parent died while stdin stayed open, could not exit.
-    Passing this to `stdio_server(stdin=…)` keeps stdin reading off the exit path. Iterate it with
-    `async for`; iteration ends at EOF.
-    """
-
-    def __init__(self) -> None:
-        self._send, self._recv = anyio.create_memory_object_stream[str](64)
-        self._token = anyio.lowlevel.current_token()
-        threading.Thread(target=self._pump, name="stdin", daemon=True).start()
-
-    def _pump(self) -> None:
-        # Raw os.read on a private descriptor: a daemon thread blocked inside sys.stdin's buffered
-        # reader holds its lock and aborts interpreter shutdown ("could not acquire lock").
-        fd = os.dup(0)
-        pending = b""
-        try:
-            while chunk := os.read(fd, 65536):
-                *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
-                    anyio.from_thread.run(self._send.send, line.decode("utf-8", "replace"), token=self._token)
-            if pending:
-                anyio.from_thread.run(self._send.send, pending.decode("utf-8", "replace"), token=self._token)
-            anyio.from_thread.run_sync(self._send.close, token=self._token)
-        except (OSError, RuntimeError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass  # the event loop is gone: the process is exiting
-        finally:
-            os.close(fd)
-
-    def __aiter__(self) -> StdinLines:
-        return self
-
-    async def __anext__(self) -> str:
-        try:
-            return await self._recv.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
 
 
 def _error(text: str) -> types.CallToolResult:

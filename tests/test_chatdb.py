@@ -629,6 +629,7 @@ def test_owner_handles_from_accounts_and_destination_caller_ids(chatdb_factory):
     insert_message(sim, is_from_me=1, account="P:+1 555 555 0101")
     insert_message(sim, is_from_me=0, destination_caller_id="Receiving@Example.com")
     insert_message(sim, is_from_me=1, account="E:", destination_caller_id="")  # empty values are ignored
+    insert_message(sim, is_from_me=0, account="E:stranger@example.com")  # only sent rows' account counts
     with ChatDB(path) as db:
         assert db.owner_handles() == {
             "owner@example.com",
