@@ -19,10 +19,12 @@ Every query is bounded (a LIMIT) and served by one of Apple's own indexes:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import plistlib
 import sqlite3
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +49,13 @@ STYLE_DM = 45
 OWNER_SCAN_ROWS = 20_000
 """How many of the newest `message` rows owner detection reads. Owner aliases in use show up in
 recent sent rows; scanning a fixed window keeps start-up O(1) in the size of the history."""
+
+
+BUSY_TIMEOUT_MS = 250
+"""SQLite's own wait on a locked database before returning SQLITE_BUSY."""
+
+BUSY_BACKOFF_S = (0.05, 0.1, 0.2, 0.4, 0.8)
+"""Pauses between retries of a statement that got SQLITE_BUSY (about 2 s with the busy timeouts)."""
 
 
 class ChatDBError(Exception):
@@ -189,6 +198,13 @@ class Message:
     date_retracted: datetime | None = None
     edit_history: tuple[str, ...] = ()
     mentions: tuple[str, ...] = field(default=())
+    transfer_guids: tuple[str, ...] = ()
+
+    @property
+    def attachments_pending(self) -> bool:
+        """True when the attributedBody names file transfers whose `attachment` rows are not joined yet
+        (Messages can commit the message row before its attachment joins)."""
+        return bool(set(self.transfer_guids) - {a.guid for a in self.attachments})
 
     @property
     def is_dm(self) -> bool:
@@ -343,33 +359,66 @@ class ChatDB:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).expanduser()
         self._lock = threading.Lock()
-        self._conn = self._open()
-        self._columns = self._probe("message")
-        self._attachment_columns = self._probe("attachment")
-        self._select = self._build_select()
+        self._conn: sqlite3.Connection | None = None
+        self._ino = 0
+        with self._lock:
+            self._connect_locked()
 
     # -- connection ----------------------------------------------------------------------------
-    def _open(self) -> sqlite3.Connection:
-        if not self.path.exists():
+    def _connect_locked(self) -> None:
+        """(Re)open the connection and re-probe the schema (a rebuilt chat.db may differ)."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
             raise ChatDBError(
                 f"No Messages database at {self.path}. On a Mac, Messages creates it the first time "
                 f"it runs; if it exists but is hidden from this program, that is Full Disk Access. "
                 + FULL_DISK_ACCESS_HELP
-            )
+            ) from None
+        except OSError as exc:
+            raise ChatDBError(f"Cannot see {self.path} ({exc}). " + FULL_DISK_ACCESS_HELP) from exc
         try:
             conn = sqlite3.connect(_uri(self.path), uri=True, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA query_only = 1")
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except (sqlite3.Error, OSError) as exc:
             raise ChatDBError(
                 f"Cannot read the Messages database at {self.path} ({exc}). " + FULL_DISK_ACCESS_HELP
             ) from exc
-        return conn
+        self._conn, self._ino = conn, st.st_ino
+        self._columns = self._probe_locked("message")
+        self._attachment_columns = self._probe_locked("attachment")
+        self._select = self._build_select()
+
+    def _drop_locked(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+        self._conn = None
+
+    def refresh(self) -> bool:
+        """Reopen when chat.db was replaced (a new inode: Messages rebuilt or restored it) or a previous
+        error closed the connection. Returns True when it reopened. Raises `ChatDBError` when the file
+        is gone or unreadable; the next call tries again."""
+        with self._lock:
+            try:
+                ino = self.path.stat().st_ino
+            except OSError:
+                self._drop_locked()
+                raise ChatDBError(
+                    f"The Messages database at {self.path} is gone (Messages may be rebuilding it)."
+                ) from None
+            if self._conn is not None and ino == self._ino:
+                return False
+            self._drop_locked()
+            self._connect_locked()
+            return True
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
         with self._lock:
-            self._conn.close()
+            self._drop_locked()
 
     def __enter__(self) -> ChatDB:
         return self
@@ -378,14 +427,33 @@ class ChatDB:
         self.close()
 
     def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
-        try:
-            with self._lock:
-                return self._conn.execute(sql, params).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise ChatDBError(f"Reading {self.path} failed: {exc}") from exc
+        """Run one statement and fetch every row (so no read transaction outlives the call).
 
-    def _probe(self, table: str) -> frozenset[str]:
-        rows = self._query(f"PRAGMA table_info({table})")
+        `SQLITE_BUSY`/locked is retried with backoff for about two seconds in all (on top of the
+        connection's busy timeout); other errors close the connection, so the next call reopens it.
+        Raises `ChatDBError`."""
+        with self._lock:
+            for delay in (*BUSY_BACKOFF_S, None):
+                try:
+                    if self._conn is None:
+                        self._connect_locked()
+                    assert self._conn is not None
+                    return self._conn.execute(sql, params).fetchall()
+                except sqlite3.OperationalError as exc:
+                    busy = "locked" in str(exc) or "busy" in str(exc)
+                    if busy and delay is not None:
+                        time.sleep(delay)
+                        continue
+                    self._drop_locked()
+                    raise ChatDBError(f"Reading {self.path} failed: {exc}") from exc
+                except sqlite3.DatabaseError as exc:
+                    self._drop_locked()
+                    raise ChatDBError(f"Reading {self.path} failed: {exc}") from exc
+            raise AssertionError("unreachable")
+
+    def _probe_locked(self, table: str) -> frozenset[str]:
+        assert self._conn is not None
+        rows = self._conn.execute(f"PRAGMA table_info({table})").fetchall()
         if not rows:
             raise ChatDBError(f"{self.path} has no `{table}` table: it is not a Messages database.")
         return frozenset(r[1] for r in rows)
@@ -418,6 +486,23 @@ class ChatDB:
         rows = self._query(self._select + " WHERE m.ROWID > ? ORDER BY m.ROWID LIMIT ?", (rowid, limit))
         return self._decode_rows(rows)
 
+    def first_rowid_since(self, apple_ns: int) -> int | None:
+        """The lowest ROWID dated at or after `apple_ns` (Apple epoch ns), via `message_idx_date`."""
+        row = self._query("SELECT MIN(ROWID) FROM message WHERE date >= ?", (apple_ns,))
+        return int(row[0][0]) if row and row[0][0] is not None else None
+
+    def catchup_start(self, after: int, upto: int, since_ns: int, limit: int) -> int:
+        """Where catching up after a restart begins: the lowest ROWID among the newest `limit` rows in
+        (`after`, `upto`] dated at or after `since_ns`; `upto + 1` when there are none. One backward
+        primary-key scan from `upto`, stopping after `limit` matches."""
+        if limit <= 0:
+            return upto + 1
+        rows = self._query(
+            "SELECT ROWID FROM message WHERE ROWID > ? AND ROWID <= ? AND date >= ? ORDER BY ROWID DESC LIMIT ?",
+            (after, upto, since_ns, limit),
+        )
+        return int(rows[-1][0]) if rows else upto + 1
+
     def messages_by_rowid(self, rowids: Iterable[int]) -> list[Message]:
         """The rows with these ROWIDs, in ROWID order (missing ones are skipped)."""
         ids = sorted(set(rowids))
@@ -441,8 +526,7 @@ class ChatDB:
     def last_messages(self, chat_guid: str, limit: int = 50) -> list[Message]:
         """The newest `limit` messages of a chat, returned oldest first.
 
-        Uses `chat_message_join (chat_id, message_date, message_id)`; all chats sharing the GUID are
-        merged (a chat can exist once per service on upgraded Macs)."""
+        Uses `chat_message_join (chat_id, message_date, message_id)`."""
         chat_ids = [r[0] for r in self._query("SELECT ROWID FROM chat WHERE guid = ?", (chat_guid,))]
         if not chat_ids or limit <= 0:
             return []
@@ -457,7 +541,9 @@ class ChatDB:
         return msgs
 
     def _decode_rows(self, rows: list[tuple]) -> list[Message]:
-        attachments = self._attachments_for([r[0] for r in rows if r[6 + _IDX["cache_has_attachments"]]])
+        attachments = self._attachments_for(
+            [r[0] for r in rows if r[6 + _IDX["cache_has_attachments"]] or r[6 + _IDX["attributedBody"]]]
+        )
         return [self._decode_row(r, attachments.get(r[0], ())) for r in rows]
 
     def _decode_row(self, r: tuple, attachments: tuple[Attachment, ...]) -> Message:
@@ -469,12 +555,14 @@ class ChatDB:
 
         text_col = get("text")
         mentions: tuple[str, ...] = ()
+        transfers: tuple[str, ...] = ()
         raw = text_col if isinstance(text_col, str) and text_col else None
         body = get("attributedBody")
         if body:
             decoded = decode_attributed_body(bytes(body))  # type: ignore[arg-type]
             if decoded is not None:
                 mentions = decoded.mentions
+                transfers = decoded.file_transfer_guids
                 if raw is None:
                     raw = decoded.text
         text = clean_text(raw)
@@ -524,6 +612,7 @@ class ChatDB:
             date_retracted=from_apple(date_retracted),  # type: ignore[arg-type]
             edit_history=decode_edit_history(get("message_summary_info")) if date_edited else (),  # type: ignore[arg-type]
             mentions=mentions,
+            transfer_guids=transfers,
         )
 
     def _attachments_for(self, message_ids: list[int]) -> dict[int, tuple[Attachment, ...]]:

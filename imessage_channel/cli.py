@@ -98,6 +98,60 @@ def _demo(_args: argparse.Namespace) -> int:
     return run()
 
 
+def _access(args: argparse.Namespace) -> int:
+    from .access_cli import run
+
+    return run(args)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import run
+
+    return run(args)
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from .watch import run
+
+    return run(args)
+
+
+def _add_access_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`access` and its verbs (the official `/imessage:access` skill's, see access_cli)."""
+    # `--json` is accepted before or after the verb; SUPPRESS keeps a sub-parser from resetting it.
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    p = sub.add_parser(
+        "access",
+        parents=[as_json],
+        help="show or change who may reach Claude (access.json)",
+        description="With no verb: show the policy, allowed handles, pending pairing codes and groups.",
+    )
+    p.set_defaults(func=_access, verb=None)
+    verbs = p.add_subparsers(dest="verb", metavar="VERB")
+    v = verbs.add_parser("pair", parents=[as_json], help="approve a pairing code: allow its sender")
+    v.add_argument("code", help="the 6-character code the sender was texted")
+    v = verbs.add_parser("deny", parents=[as_json], help="discard a pairing code")
+    v.add_argument("code")
+    v = verbs.add_parser("allow", parents=[as_json], help="allow a handle (phone number or email)")
+    v.add_argument("handle")
+    v = verbs.add_parser("remove", parents=[as_json], help="remove a handle from the allowlist")
+    v.add_argument("handle")
+    v = verbs.add_parser("policy", parents=[as_json], help="set the DM policy")
+    v.add_argument("mode", metavar="pairing|allowlist|disabled")
+    group = verbs.add_parser("group", help="opt group chats in or out")
+    group_verbs = group.add_subparsers(dest="group_verb", required=True, metavar="add|rm")
+    v = group_verbs.add_parser("add", parents=[as_json], help="opt a group chat in")
+    v.add_argument("guid", help="the group's chat GUID, e.g. 'iMessage;+;chat123456789'")
+    v.add_argument("--no-mention", action="store_true", help="deliver every message, not only mentions")
+    v.add_argument("--allow", default="", metavar="A,B", help="only these members may trigger Claude")
+    v = group_verbs.add_parser("rm", parents=[as_json], help="opt a group chat out")
+    v.add_argument("guid")
+    v = verbs.add_parser("set", parents=[as_json], help="set a delivery setting")
+    v.add_argument("key", metavar="textChunkLimit|chunkMode|mentionPatterns|appendSignature")
+    v.add_argument("value")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imessage-channel",
@@ -118,6 +172,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20, help="how many messages (default 20)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_messages)
+
+    _add_access_parser(sub)
+
+    p = sub.add_parser("doctor", help="check that everything the channel needs is in place")
+    p.add_argument("--db", type=Path, help="chat.db path (default: IMESSAGE_DB_PATH or ~/Library/Messages/chat.db)")
+    p.add_argument("--send-test", action="store_true", help="also text yourself a test message (checks Automation)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_doctor)
+
+    p = sub.add_parser("watch", help="show new messages live with the gate's decision (why a text was dropped)")
+    p.add_argument("--db", type=Path, help="chat.db path (default: IMESSAGE_DB_PATH or ~/Library/Messages/chat.db)")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--last", type=int, metavar="N", help="first show decisions for the last N messages")
+    start.add_argument("--from-rowid", type=int, metavar="ROWID", help="first show decisions for rows after ROWID")
+    p.add_argument("--once", action="store_true", help="print the decisions for --last/--from-rowid, then exit")
+    p.set_defaults(func=_watch)
     return parser
 
 

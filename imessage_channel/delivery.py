@@ -99,7 +99,9 @@ class DeliveryLedger:
                     os.replace(self.path, aside)
                 resume = Resume(rowid=None, newest_date=None, corrupt=True)
         with contextlib.suppress(OSError):
-            resume.seen += [line.strip() for line in self.log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            resume.seen += [
+                line.strip() for line in self.log_path.read_text(encoding="utf-8").splitlines() if line.strip()
+            ]
         for guid in resume.seen[-SEEN_LIMIT:]:
             self._seen[guid] = None
         return resume

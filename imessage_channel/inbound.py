@@ -20,6 +20,7 @@ the actions. Untrusted text only ever lands in `content`; meta values come from 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -33,9 +34,12 @@ from datetime import UTC, datetime, timedelta
 
 from . import access as access_mod
 from .access import AccessStore
+from .appletime import to_apple_ns
 from .chatdb import ChatDB, Kind, Message, is_self_chat
-from .echo import EchoFilter, normalize_text
+from .delivery import RECENT_LIMIT, DeliveryLedger
+from .echo import EchoFilter, conversation_key, normalize_text
 from .gate import IMESSAGE_SERVICES, Inbound, Verdict, decide
+from .handles import normalize_handle
 from .render import first_words
 
 log = logging.getLogger(__name__)
@@ -52,13 +56,32 @@ PERMISSION_REPLY = re.compile(r"^\s*(y|yes|n|no)\s+([a-km-z]{5})\s*$", re.IGNORE
 BATCH = 500
 """Rows read per query; a burst is drained batch after batch within one wake."""
 
+BACKFILL_THRESHOLD = timedelta(minutes=15)
+"""A new row dated this much before the newest delivered message (or before the server started) is
+backfill, not news. iCloud sync and database rebuilds re-insert old messages under fresh ROWIDs with their
+old dates (replay floods users of the official plugin report); a real text delayed in transit is rarely
+more than minutes older than the newest one delivered. Rows queued while the Mac slept are *newer* than
+what was delivered before it slept, so they still arrive."""
+
+DUPLICATE_WINDOW = timedelta(seconds=5)
+"""iCloud can write one inbound message twice under two GUIDs: same sender, chat and text, dates this
+close. The second copy is dropped."""
+
+CATCHUP_WINDOW = timedelta(hours=24)
+CATCHUP_MAX = 100
+"""After a restart, rows that arrived while the server was down are delivered when dated within
+`CATCHUP_WINDOW` and among the newest `CATCHUP_MAX` such rows (env `IMESSAGE_CATCHUP_HOURS`,
+`IMESSAGE_CATCHUP_MAX`; 0 turns catch-up off)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Deliver:
-    """Push `notifications/claude/channel` with this content and meta (all values strings)."""
+    """Push `notifications/claude/channel` with this content and meta (all values strings); `rowid` is
+    the row it comes from (for the delivery ledger)."""
 
     content: str
     meta: dict[str, str]
+    rowid: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +154,11 @@ class InboundPipeline:
 
     `owner`: the owner's normalised handles (`ChatDB.owner_handles()`); `allow_sms`: env
     `IMESSAGE_ALLOW_SMS=true`; `dry_run`: decide only, never write access.json (pairing) — for
-    `imessage-channel watch`; `now`: aware-UTC clock (freezegun-friendly); `monotonic`: for grace
-    periods. Not thread-safe: one thread polls.
+    `imessage-channel watch`; `ledger`: the persisted seen-set (see `delivery`); `catchup_until` /
+    `catchup_since`: rows up to that ROWID arrived while the server was down and are delivered only
+    when dated since then; `newest_date`: newest delivered message (backfill reference); `now`:
+    aware-UTC clock (freezegun-friendly); `monotonic`: for grace periods. Not thread-safe: one thread
+    polls.
     """
 
     db: ChatDB
@@ -143,11 +169,22 @@ class InboundPipeline:
     permissions: PendingPermissions = field(default_factory=PendingPermissions)
     allow_sms: bool = False
     dry_run: bool = False
+    ledger: DeliveryLedger | None = None
+    catchup_until: int = 0
+    catchup_since: datetime | None = None
+    newest_date: datetime | None = None
+    started: datetime | None = None
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     monotonic: Callable[[], float] = time.monotonic
     _self: dict[str, bool] = field(default_factory=dict)
     _recent_self: deque[_Recent] = field(default_factory=lambda: deque(maxlen=64))
     _held_since: dict[int, float] = field(default_factory=dict)
+    recent: deque[tuple[str, str, str, int]] = field(default_factory=lambda: deque(maxlen=RECENT_LIMIT))
+    _storm: int = 0
+
+    def __post_init__(self) -> None:
+        if self.started is None:
+            self.started = self.now()
 
     # -- chats ---------------------------------------------------------------------------------
     def is_self_chat(self, chat_guid: str) -> bool:
@@ -163,26 +200,53 @@ class InboundPipeline:
         """Read up to `limit` rows past the watermark; return the actions and per-row decisions.
 
         The watermark advances past every row decided here, and stops at a row still waiting for its
-        chat join. Raises `ChatDBError` when chat.db cannot be read (the caller logs and retries)."""
+        chat join or its attachments (for `JOIN_GRACE_S`). A replaced chat.db is reopened; a watermark
+        above `MAX(ROWID)` (rows renumbered by a rebuild) is re-anchored by date. Raises `ChatDBError`
+        when chat.db cannot be read (the caller logs and retries)."""
+        if self.db.refresh():
+            log.warning("chat.db was replaced; reopened it")
         actions: list[Action] = []
         decisions: list[RowDecision] = []
-        for msg in self.db.messages_after(self.watermark, limit):
-            if msg.chat_guid is None:
+        rows = self.db.messages_after(self.watermark, limit)
+        if not rows and self.watermark and self.db.max_rowid() < self.watermark:
+            self._reanchor()
+            rows = self.db.messages_after(self.watermark, limit)
+        for msg in rows:
+            pending = "waiting-for-chat-join" if msg.chat_guid is None else None
+            if pending is None and msg.attachments_pending and msg.kind in (Kind.TEXT, Kind.REPLY, Kind.EDIT):
+                pending = "waiting-for-attachments"
+            if pending:
                 first = self._held_since.setdefault(msg.rowid, self.monotonic())
                 if self.monotonic() - first < JOIN_GRACE_S:
-                    decisions.append(RowDecision(msg, "hold", "waiting-for-chat-join"))
+                    decisions.append(RowDecision(msg, "hold", pending))
                     break
-                log.warning("message ROWID %d has no chat after %.1f s; skipping it", msg.rowid, JOIN_GRACE_S)
-                self._held_since.pop(msg.rowid, None)
-                decisions.append(RowDecision(msg, "drop", "no-chat"))
-                self.watermark = msg.rowid
-                continue
+                log.warning("message ROWID %d still %s after %.1f s; going on", msg.rowid, pending, JOIN_GRACE_S)
             self._held_since.pop(msg.rowid, None)
-            verdict, reason, acts = self._decide(msg)
+            if msg.chat_guid is None:
+                verdict, reason, acts = "drop", "no-chat", []
+            else:
+                verdict, reason, acts = self._decide(msg)
             decisions.append(RowDecision(msg, verdict, reason))
             actions += acts
             self.watermark = msg.rowid
+        if self._storm and len(rows) < limit:
+            log.warning("sync storm over: %d old messages were not delivered as new", self._storm)
+            self._storm = 0
         return actions, decisions
+
+    def _reanchor(self) -> None:
+        """The watermark is above every ROWID: chat.db was rebuilt and renumbered. Resume at the first
+        row dated after the newest delivered message (minus `BACKFILL_THRESHOLD`); GUIDs already
+        delivered are still recognised by the ledger."""
+        top = self.db.max_rowid()
+        since = (self.newest_date or self.started or self.now()) - BACKFILL_THRESHOLD
+        first = self.db.first_rowid_since(to_apple_ns(since))
+        new = (first - 1) if first is not None else top
+        log.warning(
+            "chat.db ROWIDs were renumbered (watermark %d > MAX(ROWID) %d); resuming at %d", self.watermark, top, new
+        )
+        self.watermark = new
+        self.catchup_until = 0
 
     def approvals(self) -> list[Action]:
         """Confirmations for `approved/<sender>` files the access skill wrote (then deleted)."""
@@ -199,6 +263,21 @@ class InboundPipeline:
         assert msg.chat_guid is not None
         if msg.kind in (Kind.RECEIPT, Kind.GROUP_EVENT, Kind.UNSEND):
             return "drop", msg.kind.value, []
+        if self.ledger is not None and self.ledger.is_seen(msg.guid):
+            return "drop", "already-delivered", []
+        if msg.date is not None:
+            if msg.rowid <= self.catchup_until:
+                if self.catchup_since is None or msg.date < self.catchup_since:
+                    return "drop", "catch-up-too-old", []
+            else:
+                reference = max(d for d in (self.started, self.newest_date) if d is not None)
+                if msg.date < reference - BACKFILL_THRESHOLD:
+                    if not self._storm:
+                        log.warning(
+                            "old messages are arriving as new rows (iCloud sync or a rebuild); not delivering them"
+                        )
+                    self._storm += 1
+                    return "drop", "backfill", []
         self_chat = self.is_self_chat(msg.chat_guid)
         if msg.text and self.echo.is_echo(msg.chat_guid, msg.text, self_chat=self_chat):
             return "drop", "echo", []
@@ -235,10 +314,31 @@ class InboundPipeline:
             allow_sms=self.allow_sms,
         )
         if decision.verdict is Verdict.DELIVER:
+            if self._is_duplicate(msg):
+                return "drop", "icloud-duplicate", []
+            if msg.date is not None and (self.newest_date is None or msg.date > self.newest_date):
+                self.newest_date = msg.date
             return "deliver", decision.reason, [self._event(msg, self_chat)]
         if decision.verdict is Verdict.PAIR and msg.handle:
             return "pair", decision.reason, self._pair(msg)
         return "drop", decision.reason, []
+
+    def _is_duplicate(self, msg: Message) -> bool:
+        """Is `msg` a second copy (another GUID) of a message just delivered? Records it otherwise."""
+        assert msg.chat_guid is not None
+        key = (
+            normalize_handle(msg.sender or ""),
+            conversation_key(msg.chat_guid, self_chat=False),
+            hashlib.sha256(normalize_text(msg.text).encode()).hexdigest()[:16],
+        )
+        when = to_apple_ns(msg.date) if msg.date else 0
+        window = DUPLICATE_WINDOW.total_seconds() * 1e9
+        if msg.kind in (Kind.TEXT, Kind.REPLY) and any(
+            (s, c, t) == key and abs(d - when) <= window for s, c, t, d in self.recent
+        ):
+            return True
+        self.recent.append((*key, when))
+        return False
 
     def _is_twin(self, msg: Message) -> bool:
         """Self-chat: is `msg` the other copy of a text already seen (opposite `is_from_me`)?"""
@@ -308,4 +408,6 @@ class InboundPipeline:
                 meta["reaction_removed"] = "true"
         if self_chat:
             meta["self_chat"] = "true"
-        return Deliver(content, meta)
+        if msg.rowid <= self.catchup_until:
+            meta["catch_up"] = "true"
+        return Deliver(content, meta, msg.rowid)

@@ -16,11 +16,14 @@ Nothing but JSON-RPC reaches stdout: the SDK's stdio transport owns fd 1, logs g
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import signal
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,12 +38,15 @@ from pydantic import BaseModel
 
 from . import __version__
 from .access import AccessStore, is_allowed, state_dir, static_mode
+from .appletime import from_apple, to_apple_ns
 from .chatdb import ChatDB, ChatDBError, default_db_path
+from .delivery import DeliveryLedger
 from .echo import EchoFilter
 from .gate import find_group
-from .inbound import BATCH, Action, Deliver, InboundPipeline, PermissionVerdict, Send
+from .inbound import BATCH, CATCHUP_MAX, CATCHUP_WINDOW, Action, Deliver, InboundPipeline, PermissionVerdict, Send
 from .render import render_conversation
 from .sender import OsascriptBackend, Sender, SendError, default_backend, signature_from_env, text_parts
+from .transport import StdinLines, StdoutLines
 from .watcher import SAFETY_POLL_S, Waker
 
 log = logging.getLogger("imessage_channel")
@@ -166,15 +172,21 @@ class Config:
     allow_sms: bool
     static: bool
     signature: str | None
+    catchup_window: timedelta = CATCHUP_WINDOW
+    catchup_max: int = CATCHUP_MAX
 
     @classmethod
     def from_env(cls) -> Config:
+        """Read the environment. Raises ValueError for a malformed number."""
+        env = os.environ
         return cls(
             db_path=default_db_path(),
             state_dir=state_dir(),
-            allow_sms=os.environ.get("IMESSAGE_ALLOW_SMS", "").strip().lower() == "true",
+            allow_sms=env.get("IMESSAGE_ALLOW_SMS", "").strip().lower() == "true",
             static=static_mode(),
             signature=signature_from_env(),
+            catchup_window=timedelta(hours=float(env.get("IMESSAGE_CATCHUP_HOURS") or 24)),
+            catchup_max=int(env.get("IMESSAGE_CATCHUP_MAX") or CATCHUP_MAX),
         )
 
 
@@ -188,13 +200,17 @@ class Channel:
         self.store = AccessStore(config.state_dir, static=config.static)
         self.owner = db.owner_handles()
         self.echo = EchoFilter()
-        self.pipeline = InboundPipeline(
-            db=db,
-            store=self.store,
-            owner=self.owner,
-            watermark=db.max_rowid(),
-            echo=self.echo,
-            allow_sms=config.allow_sms,
+        self.ledger = DeliveryLedger(config.state_dir, db.path)
+        self.pipeline = self._resume(
+            InboundPipeline(
+                db=db,
+                store=self.store,
+                owner=self.owner,
+                watermark=0,
+                echo=self.echo,
+                allow_sms=config.allow_sms,
+                ledger=self.ledger,
+            )
         )
         self.waker = Waker(db.path)
         self.session: Any = None
@@ -210,6 +226,41 @@ class Channel:
             "notifications/initialized", types.NotificationParams, self._on_initialized
         )
         self.server.add_notification_handler(PERMISSION_REQUEST, PermissionRequest, self._on_permission_request)
+
+    def _resume(self, pipeline: InboundPipeline) -> InboundPipeline:
+        """Place the watermark: first start → `MAX(ROWID)` (nothing old is delivered); restart → where
+        the ledger left off, catching up on rows dated within the catch-up window (at most the newest
+        `catchup_max`); corrupt ledger → the same catch-up from the start of the window."""
+        resume = self.ledger.load()
+        top = self.db.max_rowid()
+        pipeline.recent.extend(resume.recent)
+        if resume.newest_date is not None:
+            pipeline.newest_date = from_apple(resume.newest_date)
+        if resume.rowid is None and not resume.corrupt:
+            pipeline.watermark = top
+            return pipeline
+        base = resume.rowid or 0
+        if base > top:
+            pipeline.watermark = base  # renumbered while we were down: the first poll re-anchors
+            return pipeline
+        since = pipeline.now() - self.config.catchup_window
+        start = self.db.catchup_start(base, top, to_apple_ns(since), self.config.catchup_max)
+        pipeline.watermark = start - 1
+        pipeline.catchup_until, pipeline.catchup_since = top, since
+        if top > base:
+            log.info(
+                "%d rows arrived while the channel was down; delivering those since %s (at most %d)",
+                top - base,
+                since.isoformat(timespec="minutes"),
+                self.config.catchup_max,
+            )
+        return pipeline
+
+    def _written(self, line: str) -> None:
+        """Called by the stdout writer after each line: a channel event's line is a delivery."""
+        if line.startswith('{"jsonrpc":"2.0","method":"notifications/claude/channel"'):
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                self.ledger.written(json.loads(line)["params"]["meta"]["message_id"])
 
     # -- MCP handlers ---------------------------------------------------------------------------
     async def _on_initialized(self, ctx: Any, params: Any) -> None:
@@ -352,6 +403,7 @@ class Channel:
 
     async def _execute(self, action: Action, tg: anyio.abc.TaskGroup) -> None:
         if isinstance(action, Deliver):
+            self.ledger.in_flight(action.meta["message_id"], action.rowid)
             await self.session.send_notification(
                 ChannelNotification(params=ChannelParams(content=action.content, meta=action.meta))
             )
@@ -377,6 +429,10 @@ class Channel:
         held = bool(decisions) and decisions[-1].verdict == "hold"
         return actions, len(decisions) >= BATCH and not held, held
 
+    def _commit(self) -> None:
+        newest = self.pipeline.newest_date
+        self.ledger.commit(self.pipeline.watermark, to_apple_ns(newest) if newest else None, self.pipeline.recent)
+
     async def deliver_forever(self) -> None:
         """Wait for initialization, then read, gate and push for as long as the connection lives."""
         await self.initialized.wait()
@@ -390,9 +446,12 @@ class Channel:
                         await self._execute(action, tg)
                     more = True
                     while more:
+                        before = self.pipeline.watermark
                         actions, more, held = await anyio.to_thread.run_sync(self._poll)
                         for action in actions:
                             await self._execute(action, tg)
+                        if self.pipeline.watermark != before:
+                            await anyio.to_thread.run_sync(self._commit)
                     if failing:
                         log.info("chat.db is readable again")
                     failing = False
@@ -402,7 +461,7 @@ class Channel:
                     failing = True
                 except Exception:  # never let one bad row or state file stop delivery
                     log.exception("delivery step failed; retrying on the next wake")
-                timeout = 0.05 if held else SAFETY_POLL_S
+                timeout = 0.05 if held else (1.0 if failing else SAFETY_POLL_S)
                 await anyio.to_thread.run_sync(self.waker.wait, timeout, abandon_on_cancel=True)
 
     async def serve_stdio(self, parent: int) -> None:
@@ -412,6 +471,7 @@ class Channel:
             experimental_capabilities={"claude/channel": {}, "claude/channel/permission": {}}
         )
         stdin: Any = StdinLines()
+        stdout: Any = StdoutLines(on_written=self._written)
         # One scope around the transport too: cancelling it also ends the SDK's stdio reader and
         # writer tasks, which otherwise wait for EOF (a signal or a dead parent leaves stdin open).
         with anyio.CancelScope() as scope:
@@ -436,7 +496,7 @@ class Channel:
                 stop(f"parent process {parent} is gone")
 
             try:
-                async with stdio_server(stdin=stdin) as (read, write), anyio.create_task_group() as tg:
+                async with stdio_server(stdin=stdin, stdout=stdout) as (read, write), anyio.create_task_group() as tg:
                     tg.start_soon(serve, read, write)
                     tg.start_soon(signals)
                     tg.start_soon(self.deliver_forever)
@@ -444,6 +504,7 @@ class Channel:
                         tg.start_soon(parent_watch)
             finally:
                 self.waker.stop()
+                stdout.close()
 
 
 def configure_logging() -> None:
@@ -456,7 +517,11 @@ def main() -> int:
     """`imessage-channel serve`: run the channel on stdio. Returns the exit code (2: chat.db unusable)."""
     parent = os.getppid()
     configure_logging()
-    config = Config.from_env()
+    try:
+        config = Config.from_env()
+    except ValueError as exc:
+        print(f"imessage-channel: bad setting in the environment: {exc}", file=sys.stderr)
+        return 2
     try:
         db = ChatDB(config.db_path)
     except ChatDBError as exc:

@@ -1,0 +1,501 @@
+"""`imessage-channel access …`: show and change access.json from a shell.
+
+Owns the access verbs and their output. The verbs, their arguments and their meaning are those of the
+official `/imessage:access` skill (anthropics/claude-plugins-official,
+`external_plugins/imessage/skills/access/SKILL.md`), so people who know that skill know these:
+
+| verb                                             | effect                                                  |
+|--------------------------------------------------|---------------------------------------------------------|
+| (none)                                           | status: policy, allowlist, pending codes with age, groups |
+| `pair <code>`                                    | allow the code's sender, drop the code, write `approved/<sender>` |
+| `deny <code>`                                    | drop the pending code                                   |
+| `allow <handle>` / `remove <handle>`             | add to / remove from `allowFrom`                        |
+| `policy pairing\\|allowlist\\|disabled`            | set `dmPolicy`                                          |
+| `group add <guid> [--no-mention] [--allow a,b]`  | opt a group chat in                                     |
+| `group rm <guid>`                                | opt it out                                              |
+| `set textChunkLimit\\|chunkMode\\|mentionPatterns\\|appendSignature <value>` | delivery settings  |
+
+Every change is a read-modify-write through `AccessStore.update`, under the advisory lock
+`access.locked` that the server takes too, so a pairing code the server records while the CLI edits is
+never lost. The file stays 2-space indented JSON (written by `AccessStore.save`). Handles are stored
+as `handles.normalize_handle` makes them (`+` and digits; emails lowercased). Values are checked before
+anything is written; a bad one raises `AccessCLIError`, which `run` prints as one paragraph on stderr
+with exit status 2. `--json` prints machine-readable results on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from . import access as access_mod
+from .access import (
+    MAX_TEXT_CHUNK_LIMIT,
+    Access,
+    AccessStore,
+    ChunkMode,
+    DmPolicy,
+    GroupPolicy,
+    PairingError,
+    Pending,
+    state_dir,
+    static_mode,
+)
+from .handles import is_email, normalize_handle
+
+SET_KEYS = ("textChunkLimit", "chunkMode", "mentionPatterns", "appendSignature")
+"""Keys `set` accepts (the official skill's list)."""
+
+POLICY_MEANING = {
+    DmPolicy.ALLOWLIST: "only self-chat and the allowed handles reach Claude; everyone else is dropped silently",
+    DmPolicy.PAIRING: "anyone not yet allowed who texts you is sent a pairing code to give you",
+    DmPolicy.DISABLED: "only self-chat reaches Claude; allowed handles and groups are ignored",
+}
+
+_EMAIL = re.compile(r"^[^@\s/;]+@[^@\s/;]+$")
+_PHONE = re.compile(r"^\+\d{3,}$")
+_SHORT_SENDER = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_GROUP_GUID = re.compile(r"^[^;\s]+;\+;[^;\s]+$")
+
+
+class AccessCLIError(ValueError):
+    """A value or request the CLI refuses; `str(err)` is the paragraph shown to the user."""
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+def parse_handle(value: str) -> str:
+    """The normalised handle for `value`, or `AccessCLIError` when it cannot be one.
+
+    Accepted: an email (`Friend@Example.com` → `friend@example.com`), a phone number in any common
+    notation (`(555) 555-0123` → `+5555550123`, at least 3 digits), or an SMS sender id made of
+    letters, digits, `.`, `_`, `-` (`AMAZON`, `12345`). A chat GUID (`iMessage;-;+1555…`) is refused
+    with the handle it contains as a hint: access is granted to people, not chats.
+    """
+    raw = value.strip()
+    parts = raw.split(";")
+    if len(parts) == 3 and parts[1] == "-":
+        raise AccessCLIError(
+            f"{raw!r} is a chat GUID, not a handle. Access is granted to a sender: "
+            f"use `imessage-channel access allow {parts[2]}`."
+        )
+    if len(parts) == 3 and parts[1] == "+":
+        raise AccessCLIError(
+            f"{raw!r} is a group chat GUID, not a handle. Opt the group in with "
+            f"`imessage-channel access group add '{raw}'`."
+        )
+    handle = normalize_handle(raw)
+    if is_email(handle):
+        ok = bool(_EMAIL.match(handle))
+    elif handle.startswith("+"):
+        ok = bool(_PHONE.match(handle))
+    else:
+        ok = bool(_SHORT_SENDER.match(handle))
+    if not ok:
+        raise AccessCLIError(
+            f"{value!r} is not a handle. A handle is an email address (friend@icloud.com) or a phone "
+            "number (+15551234567), as Messages shows it for the person."
+        )
+    return handle
+
+
+def parse_group_guid(value: str) -> str:
+    """`value` stripped, when it is a group chat GUID (`iMessage;+;chat123…`, `any;+;…`); else
+    `AccessCLIError` (a DM GUID gets a hint to allow the person instead)."""
+    guid = value.strip()
+    if _GROUP_GUID.match(guid):
+        return guid
+    parts = guid.split(";")
+    if len(parts) == 3 and parts[1] == "-":
+        raise AccessCLIError(
+            f"{guid!r} is a one-to-one chat, not a group. Allow the person instead: "
+            f"`imessage-channel access allow {parts[2]}`."
+        )
+    raise AccessCLIError(
+        f"{guid!r} is not a group chat GUID. Group GUIDs look like 'iMessage;+;chat123456789'; "
+        "`imessage-channel messages` shows them in each group's header."
+    )
+
+
+def parse_setting(key: str, value: str) -> Callable[[Access], Access]:
+    """The edit that `set <key> <value>` makes, after checking the value (`AccessCLIError` if bad).
+
+    - `textChunkLimit`: an integer 1–10000 (characters per message part; official maximum 10000);
+    - `chunkMode`: `length` (cut at the limit) or `newline` (prefer paragraph breaks);
+    - `mentionPatterns`: a JSON array of regex strings (the official form, `[]` clears them), or one
+      regex; each must compile (Python `re`, case-insensitive at match time);
+    - `appendSignature`: `true` or `false`.
+    """
+    if key == "textChunkLimit":
+        try:
+            limit = int(value.strip())
+        except ValueError:
+            raise AccessCLIError(
+                f"textChunkLimit must be a whole number of characters (1–{MAX_TEXT_CHUNK_LIMIT}), got {value!r}."
+            ) from None
+        if not 1 <= limit <= MAX_TEXT_CHUNK_LIMIT:
+            raise AccessCLIError(f"textChunkLimit must be between 1 and {MAX_TEXT_CHUNK_LIMIT}, got {limit}.")
+        return lambda a: replace(a, text_chunk_limit=limit)
+    if key == "chunkMode":
+        mode = value.strip().lower()
+        if mode not in ChunkMode._value2member_map_:
+            raise AccessCLIError(
+                f"chunkMode must be `length` (cut at the limit) or `newline` (prefer paragraph breaks), got {value!r}."
+            )
+        return lambda a: replace(a, chunk_mode=ChunkMode(mode))
+    if key == "mentionPatterns":
+        patterns = _parse_patterns(value)
+        return lambda a: replace(a, mention_patterns=patterns)
+    if key == "appendSignature":
+        flag = value.strip().lower()
+        if flag not in ("true", "false"):
+            raise AccessCLIError(f"appendSignature must be `true` or `false`, got {value!r}.")
+        return lambda a: replace(a, append_signature=flag == "true")
+    raise AccessCLIError(f"Unknown setting {key!r}. Settings: {', '.join(SET_KEYS)}.")
+
+
+def _parse_patterns(value: str) -> tuple[str, ...]:
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            parsed = json.loads(text)
+        except ValueError as exc:
+            raise AccessCLIError(
+                f'mentionPatterns: {value!r} is not a JSON array ({exc.msg}). Example: \'["^claude\\\\b", "@claude"]\'.'
+            ) from None
+        if not isinstance(parsed, list) or not all(isinstance(p, str) for p in parsed):
+            raise AccessCLIError("mentionPatterns must be a JSON array of strings, e.g. '[\"^claude\\\\b\"]'.")
+        patterns = tuple(parsed)
+    else:
+        patterns = (value,)
+    for pattern in patterns:
+        if not pattern:
+            raise AccessCLIError("mentionPatterns: an empty pattern would match every message; remove it.")
+        try:
+            re.compile(pattern, re.IGNORECASE)
+        except re.error as exc:
+            raise AccessCLIError(f"mentionPatterns: {pattern!r} is not a valid regular expression ({exc}).") from None
+    return patterns
+
+
+def _guid_tail(guid: str) -> tuple[str, ...]:
+    parts = guid.split(";", 2)
+    return tuple(parts[1:]) if len(parts) == 3 else (guid,)
+
+
+def _group_key(access: Access, guid: str) -> str | None:
+    """The `groups` key naming `guid`: the exact key, else one equal but for the service prefix
+    (`iMessage;+;chat1` ~ `any;+;chat1`, as the gate matches them)."""
+    if guid in access.groups:
+        return guid
+    return next((k for k in access.groups if _guid_tail(k) == _guid_tail(guid)), None)
+
+
+# --- output helpers -----------------------------------------------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ms(now: datetime) -> int:
+    return int(now.timestamp() * 1000)
+
+
+def format_duration(seconds: float) -> str:
+    """`"just now"`, `"5 min"`, `"2 h 3 min"`, `"3 d 4 h"` for a non-negative number of seconds."""
+    s = int(max(0, seconds))
+    if s < 60:
+        return "just now" if s < 5 else f"{s} s"
+    minutes = s // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def _pending_json(code: str, p: Pending, now_ms: int) -> dict[str, Any]:
+    return {
+        "code": code,
+        "senderId": p.sender_id,
+        "chatId": p.chat_id,
+        "ageSeconds": max(0, (now_ms - p.created_at) // 1000),
+        "expiresInSeconds": (p.expires_at - now_ms) // 1000,
+        "expired": p.expires_at < now_ms,
+    }
+
+
+def _group_line(guid: str, group: GroupPolicy) -> str:
+    mention = "mention required" if group.require_mention else "every message"
+    who = ", ".join(group.allow_from) if group.allow_from else "any member"
+    return f"  {guid}  ({mention}; from {who})"
+
+
+def status_text(access: Access, path: str, now: datetime) -> str:
+    """The human status block: policy and its meaning, allowlist, pending codes with age, groups,
+    delivery settings (defaults marked)."""
+    now_ms = _ms(now)
+    lines = [
+        f"access.json: {path}",
+        f"DM policy: {access.dm_policy.value} — {POLICY_MEANING[access.dm_policy]}",
+        f"Allowed ({len(access.allow_from)}): "
+        + (", ".join(access.allow_from) or "nobody yet (self-chat always works)"),
+    ]
+    lines.append(f"Pending pairings ({len(access.pending)})" + (":" if access.pending else ""))
+    for code, p in sorted(access.pending.items(), key=lambda kv: kv[1].created_at):
+        info = _pending_json(code, p, now_ms)
+        when = "expired" if info["expired"] else f"expires in {format_duration(info['expiresInSeconds'])}"
+        lines.append(f"  {code}  {p.sender_id}  asked {format_duration(info['ageSeconds'])} ago, {when}")
+    lines.append(f"Groups ({len(access.groups)})" + (":" if access.groups else ""))
+    lines += [_group_line(guid, g) for guid, g in access.groups.items()]
+    patterns = access.mention_patterns
+    lines.append(
+        "Mention patterns: " + (", ".join(patterns) if patterns else "none (groups that need a mention stay silent)")
+    )
+    limit = f"{access.text_chunk_limit}" if access.text_chunk_limit is not None else f"{MAX_TEXT_CHUNK_LIMIT} (default)"
+    mode = access.chunk_mode.value if access.chunk_mode is not None else "length (default)"
+    signature = ("on" if access.append_signature else "off") if access.append_signature is not None else "on (default)"
+    lines.append(f"Replies: parts of at most {limit} characters, chunk mode {mode}, signature {signature}")
+    return "\n".join(lines)
+
+
+# --- the verbs ----------------------------------------------------------------------------------
+
+
+class _Result:
+    """What a verb did: a sentence for people, extra JSON fields, and the access after it."""
+
+    def __init__(self, message: str, access: Access, *, changed: bool, **extra: Any) -> None:
+        self.message = message
+        self.access = access
+        self.changed = changed
+        self.extra = extra
+
+
+def _update(store: AccessStore, fn: Callable[[Access], Access]) -> tuple[Access, Access]:
+    """Run `fn` under the lock; return (before, after)."""
+    seen: list[Access] = []
+
+    def step(current: Access) -> Access:
+        seen.append(current)
+        return fn(current)
+
+    after = store.update(step)
+    return seen[-1], after
+
+
+def cmd_pair(store: AccessStore, code: str, now: datetime) -> _Result:
+    """`pair <code>`: approve the pending code (`access.approve`), then write `approved/<sender>` so
+    the running server texts the sender its confirmation."""
+    box: list[Pending] = []
+
+    def step(a: Access) -> Access:
+        new, entry = access_mod.approve(a, code, now)
+        box.append(entry)
+        return new
+
+    try:
+        _, after = _update(store, step)
+    except access_mod.UnknownCodeError:
+        pending = store.load().pending
+        known = ", ".join(f"{c} ({p.sender_id})" for c, p in pending.items()) or "none"
+        raise AccessCLIError(
+            f"No pending pairing has the code {code.strip().lower()!r}. Pending codes: {known}. "
+            "Codes are the 6 characters the channel texted to the person who asked."
+        ) from None
+    entry = box[-1]
+    try:
+        access_mod.write_approval(store.state_dir, entry.sender_id, entry.chat_id)
+    except ValueError as exc:  # a sender id that cannot be a file name: allowed, but no confirmation text
+        return _Result(
+            f"Allowed {entry.sender_id}; no confirmation will be texted ({exc}).",
+            after,
+            changed=True,
+            approved={"senderId": entry.sender_id, "chatId": entry.chat_id},
+        )
+    return _Result(
+        f"Paired {entry.sender_id}: they are allowed now, and the channel will text them "
+        f"“{access_mod.PAIRED_CONFIRMATION}”.",
+        after,
+        changed=True,
+        approved={"senderId": entry.sender_id, "chatId": entry.chat_id},
+    )
+
+
+def cmd_deny(store: AccessStore, code: str) -> _Result:
+    """`deny <code>`: drop the pending code (expired or not)."""
+    before, after = _update(store, lambda a: access_mod.deny(a, code))
+    sender = before.pending[code.strip().lower()].sender_id
+    return _Result(f"Denied pairing {code.strip().lower()} from {sender}.", after, changed=True, senderId=sender)
+
+
+def cmd_allow(store: AccessStore, handle: str) -> _Result:
+    """`allow <handle>`: add the normalised handle to `allowFrom` (deduplicated)."""
+    h = parse_handle(handle)
+    before, after = _update(store, lambda a: access_mod.allow(a, h))
+    if after is before:
+        return _Result(f"{h} is already allowed.", after, changed=False, handle=h)
+    return _Result(f"Allowed {h}.", after, changed=True, handle=h)
+
+
+def cmd_remove(store: AccessStore, handle: str) -> _Result:
+    """`remove <handle>`: remove every `allowFrom` entry equal to the handle (emails by case, phones
+    by digits)."""
+    h = parse_handle(handle)
+
+    def step(a: Access) -> Access:
+        return access_mod.disallow(a, h) if access_mod.is_allowed(a.allow_from, h) else a
+
+    before, after = _update(store, step)
+    if after is before:
+        return _Result(f"{h} was not in the allowlist; nothing changed.", after, changed=False, handle=h)
+    return _Result(f"Removed {h} from the allowlist.", after, changed=True, handle=h)
+
+
+def cmd_policy(store: AccessStore, mode: str) -> _Result:
+    """`policy <mode>`: set `dmPolicy` to `allowlist`, `pairing` or `disabled`."""
+    value = mode.strip().lower()
+    if value not in DmPolicy._value2member_map_:
+        raise AccessCLIError(
+            f"Unknown policy {mode!r}. Policies: allowlist ({POLICY_MEANING[DmPolicy.ALLOWLIST]}); "
+            f"pairing ({POLICY_MEANING[DmPolicy.PAIRING]}); disabled ({POLICY_MEANING[DmPolicy.DISABLED]})."
+        )
+    policy = DmPolicy(value)
+    before, after = _update(store, lambda a: a if a.dm_policy is policy else replace(a, dm_policy=policy))
+    changed = after is not before
+    return _Result(
+        f"DM policy {'set to' if changed else 'is already'} {policy.value}: {POLICY_MEANING[policy]}.",
+        after,
+        changed=changed,
+    )
+
+
+def cmd_group_add(store: AccessStore, guid: str, *, no_mention: bool, allow: str) -> _Result:
+    """`group add <guid> [--no-mention] [--allow a,b]`: set `groups[guid]` (keeping keys this
+    version does not know). `--allow` restricts who in the group may trigger Claude."""
+    key = parse_group_guid(guid)
+    members = tuple(dict.fromkeys(parse_handle(h) for h in allow.split(",") if h.strip()))
+
+    def step(a: Access) -> Access:
+        existing = _group_key(a, key)
+        extra = a.groups[existing].extra if existing else {}
+        groups = {k: g for k, g in a.groups.items() if k != existing}
+        groups[key] = GroupPolicy(require_mention=not no_mention, allow_from=members, extra=extra)
+        return replace(a, groups=groups)
+
+    _, after = _update(store, step)
+    note = ""
+    if not no_mention and not after.mention_patterns:
+        note = (
+            " Note: no mentionPatterns are set, so nothing in this group will reach Claude yet; set some with "
+            "`imessage-channel access set mentionPatterns '[\"^claude\\\\b\"]'` (or add the group with --no-mention)."
+        )
+    mention = "messages matching mentionPatterns" if not no_mention else "every message"
+    who = ", ".join(members) if members else "any member"
+    return _Result(f"Group {key} enabled: {mention} from {who}.{note}", after, changed=True, guid=key)
+
+
+def cmd_group_rm(store: AccessStore, guid: str) -> _Result:
+    """`group rm <guid>`: remove the group (also when it was added under another service prefix)."""
+    key = guid.strip()
+
+    def step(a: Access) -> Access:
+        existing = _group_key(a, key)
+        if existing is None:
+            return a
+        return replace(a, groups={k: g for k, g in a.groups.items() if k != existing})
+
+    before, after = _update(store, step)
+    if after is before:
+        return _Result(f"Group {key} was not enabled; nothing changed.", after, changed=False, guid=key)
+    return _Result(f"Group {key} disabled.", after, changed=True, guid=key)
+
+
+def cmd_set(store: AccessStore, key: str, value: str) -> _Result:
+    """`set <key> <value>`: one delivery setting (see `parse_setting`)."""
+    edit = parse_setting(key, value)
+    _, after = _update(store, edit)
+    shown = json.dumps(after.to_json().get(key), ensure_ascii=False)
+    return _Result(f"{key} = {shown}", after, changed=True, key=key)
+
+
+# --- entry point --------------------------------------------------------------------------------
+
+
+def _dispatch(args: argparse.Namespace, store: AccessStore, now: datetime) -> _Result | None:
+    verb = getattr(args, "verb", None)
+    if verb is None:
+        return None
+    if verb == "pair":
+        return cmd_pair(store, args.code, now)
+    if verb == "deny":
+        return cmd_deny(store, args.code)
+    if verb == "allow":
+        return cmd_allow(store, args.handle)
+    if verb == "remove":
+        return cmd_remove(store, args.handle)
+    if verb == "policy":
+        return cmd_policy(store, args.mode)
+    if verb == "group" and args.group_verb == "add":
+        return cmd_group_add(store, args.guid, no_mention=args.no_mention, allow=args.allow)
+    if verb == "group" and args.group_verb == "rm":
+        return cmd_group_rm(store, args.guid)
+    if verb == "set":
+        return cmd_set(store, args.key, args.value)
+    raise AccessCLIError(f"unknown access verb {verb!r}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `imessage-channel access [verb …]` (parsed by `cli.build_parser`). Returns the exit status:
+    0 done (also when nothing needed changing), 2 refused (message on stderr, nothing written)."""
+    as_json = bool(getattr(args, "json", False))
+    store = AccessStore(state_dir())
+    now = _now()
+    try:
+        result = _dispatch(args, store, now)
+        if result is None:
+            access = store.load()
+            if as_json:
+                now_ms = _ms(now)
+                out = {
+                    "path": str(store.path),
+                    "static": static_mode(),
+                    "access": access.to_json(),
+                    "pending": [_pending_json(c, p, now_ms) for c, p in access.pending.items()],
+                }
+                print(json.dumps(out, indent=2, ensure_ascii=False))
+            else:
+                print(status_text(access, str(store.path), now))
+            return 0
+    except (AccessCLIError, PairingError) as exc:
+        print(f"imessage-channel access: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(
+            f"imessage-channel access: cannot update {store.path} ({exc.strerror or exc}). Check that the state "
+            f"directory {store.state_dir} belongs to you (`imessage-channel doctor` checks it).",
+            file=sys.stderr,
+        )
+        return 2
+    if as_json:
+        out = {"changed": result.changed, "message": result.message, **result.extra, "access": result.access.to_json()}
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+    else:
+        print(result.message)
+    if result.changed and static_mode():
+        print(
+            "note: IMESSAGE_ACCESS_MODE=static: a running server read access.json when it started; restart it "
+            "to apply this change.",
+            file=sys.stderr,
+        )
+    return 0
