@@ -519,7 +519,7 @@ _StatKey = tuple[int, int, int]
 def _stat_key(path: Path) -> _StatKey | None:
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no file, or the state dir path is not a folder
         return None
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 

@@ -4,7 +4,7 @@ Owns two files in the state dir (`IMESSAGE_STATE_DIR`):
 
 - `delivery.json` — rewritten atomically (temp + fsync + rename) after each delivery batch:
   `{"version": 1, "db": <chat.db path>, "rowid": W, "newest_date": <Apple ns>, "seen": [GUID…],
-  "recent": [[sender, chat, text hash, Apple ns]…]}`. `rowid` is the watermark: every row ≤ W has been
+  "recent": [[sender, chat, text hash, Apple ns, GUID]…]}`. `rowid` is the watermark: every row ≤ W has been
   decided (delivered, or dropped for a reason). `seen` holds the last `SEEN_LIMIT` delivered GUIDs.
 - `delivered.log` — one GUID per line, appended the moment an event's line has been written to stdout
   (`transport.StdoutLines.on_written`), and folded into `delivery.json` at the next commit.
@@ -51,7 +51,7 @@ class Resume:
     rowid: int | None
     newest_date: int | None
     seen: list[str] = field(default_factory=list)
-    recent: list[tuple[str, str, str, int]] = field(default_factory=list)
+    recent: list[tuple[str, str, str, int, str]] = field(default_factory=list)
     corrupt: bool = False
 
 
@@ -91,7 +91,7 @@ class DeliveryLedger:
                     resume.rowid = int(data["rowid"])
                     resume.newest_date = int(data["newest_date"]) if data.get("newest_date") is not None else None
                 resume.seen = [str(g) for g in data.get("seen", [])]
-                resume.recent = [(str(a), str(b), str(c), int(d)) for a, b, c, d in data.get("recent", [])]
+                resume.recent = [(str(a), str(b), str(c), int(d), str(e)) for a, b, c, d, e in data.get("recent", [])]
             except (ValueError, TypeError, KeyError) as exc:
                 aside = self.path.with_name(STATE_FILE + ".corrupt")
                 log.warning("%s is corrupt (%s); moved to %s, catching up from the last day", self.path, exc, aside)
@@ -140,7 +140,7 @@ class DeliveryLedger:
         with self._lock:
             return min([processed, *(r - 1 for r in self._inflight.values())])
 
-    def commit(self, processed: int, newest_date: int | None, recent: deque[tuple[str, str, str, int]]) -> None:
+    def commit(self, processed: int, newest_date: int | None, recent: deque[tuple[str, str, str, int, str]]) -> None:
         """Persist the watermark (never past an in-flight row), the seen-set and `recent` atomically,
         then empty `delivered.log`. Errors make the ledger memory-only, with one log line."""
         if not self.writable:

@@ -179,7 +179,7 @@ class InboundPipeline:
     _self: dict[str, bool] = field(default_factory=dict)
     _recent_self: deque[_Recent] = field(default_factory=lambda: deque(maxlen=64))
     _held_since: dict[int, float] = field(default_factory=dict)
-    recent: deque[tuple[str, str, str, int]] = field(default_factory=lambda: deque(maxlen=RECENT_LIMIT))
+    recent: deque[tuple[str, str, str, int, str]] = field(default_factory=lambda: deque(maxlen=RECENT_LIMIT))
     _storm: int = 0
 
     def __post_init__(self) -> None:
@@ -334,10 +334,10 @@ class InboundPipeline:
         when = to_apple_ns(msg.date) if msg.date else 0
         window = DUPLICATE_WINDOW.total_seconds() * 1e9
         if msg.kind in (Kind.TEXT, Kind.REPLY) and any(
-            (s, c, t) == key and abs(d - when) <= window for s, c, t, d in self.recent
+            (s, c, t) == key and abs(d - when) <= window and g != msg.guid for s, c, t, d, g in self.recent
         ):
             return True
-        self.recent.append((*key, when))
+        self.recent.append((*key, when, msg.guid))
         return False
 
     def _is_twin(self, msg: Message) -> bool:

@@ -83,6 +83,11 @@ end run
 
 # --- constants ---------------------------------------------------------------------------------
 
+TRANSIENT_CODES = frozenset({-600, -609})
+"""AppleScript errors after which nothing was sent and a later retry can work: -600 "Application isn't
+running", -609 "Connection is invalid" (Messages quit while we talked to it). Apple's Apple Event
+Manager result codes (MacErrors.h)."""
+
 ERR_NOT_FOUND = -1728
 """AppleScript errAENoSuchObject: "Can't get chat id …" when Messages does not know a GUID form."""
 
@@ -133,14 +138,19 @@ class SendError(Exception):
 
     `code` is the AppleScript error number when one is known (-1728 chat not found, -1743 not
     authorized), else None (timeouts, refused files, a crash of osascript). `sent_parts` counts the
-    parts (text chunks, then files) delivered to Messages before the failure.
+    parts (text chunks, then files) delivered to Messages before the failure. `transient` is True
+    when the failed part certainly was not sent and trying again later may work (Messages not running,
+    a call given up on before it started): such parts may go to the outbox.
     """
 
-    def __init__(self, message: str, *, code: int | None = None, sent_parts: int = 0) -> None:
+    def __init__(
+        self, message: str, *, code: int | None = None, sent_parts: int = 0, transient: bool | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         self.sent_parts = sent_parts
+        self.transient = (code in TRANSIENT_CODES) if transient is None else transient
 
     def __str__(self) -> str:
         return self.message
@@ -290,7 +300,8 @@ class AppleScriptBackend:
                     )
                 raise SendError(
                     f"{_timeout_text(timeout)} waiting for an earlier AppleScript call that is still "
-                    "running; this part was not sent"
+                    "running; this part was not sent",
+                    transient=True,
                 )
         if job.error is not None:
             raise job.error
@@ -609,6 +620,7 @@ class Sender:
                         f"sent {k - 1} of {len(parts)} {noun}; {what} failed: {exc.message}",
                         code=exc.code,
                         sent_parts=k - 1,
+                        transient=exc.transient,
                     ) from exc
             return SendResult(len(parts), len(parts), guid_used, tuple(texts))
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -43,9 +44,28 @@ from .chatdb import ChatDB, ChatDBError, default_db_path
 from .delivery import DeliveryLedger
 from .echo import EchoFilter
 from .gate import find_group
-from .inbound import BATCH, CATCHUP_MAX, CATCHUP_WINDOW, Action, Deliver, InboundPipeline, PermissionVerdict, Send
-from .render import render_conversation
-from .sender import OsascriptBackend, Sender, SendError, default_backend, signature_from_env, text_parts
+from .inbound import (
+    BATCH,
+    CATCHUP_MAX,
+    CATCHUP_WINDOW,
+    Action,
+    Deliver,
+    InboundPipeline,
+    PermissionVerdict,
+    Send,
+    iso_utc,
+)
+from .outbox import RETRY_FOR_S, Outbox, Queued
+from .render import first_words, render_conversation
+from .sender import (
+    MAX_CHUNK_LIMIT,
+    OsascriptBackend,
+    Sender,
+    SendError,
+    default_backend,
+    signature_from_env,
+    text_parts,
+)
 from .transport import StdinLines, StdoutLines
 from .watcher import SAFETY_POLL_S, Waker
 
@@ -201,6 +221,9 @@ class Channel:
         self.owner = db.owner_handles()
         self.echo = EchoFilter()
         self.ledger = DeliveryLedger(config.state_dir, db.path)
+        self.outbox = Outbox(config.state_dir)
+        self.outbox.load()
+        self._outbox_changed = anyio.Event()
         self.pipeline = self._resume(
             InboundPipeline(
                 db=db,
@@ -355,7 +378,8 @@ class Channel:
         access = self.store.load()
         limit, mode = access.effective_text_chunk_limit, access.effective_chunk_mode.value
         self_chat = self.pipeline.is_self_chat(chat_id)
-        for part in text_parts(text, limit, mode, self.config.signature):
+        parts = text_parts(text, limit, mode, self.config.signature)
+        for part in parts:
             self.echo.record(chat_id, part, self_chat=self_chat)
         try:
             result = await anyio.to_thread.run_sync(
@@ -365,9 +389,59 @@ class Channel:
                 files,
             )
         except SendError as exc:
-            return _error(str(exc))
+            if not exc.transient:
+                return _error(str(exc))
+            k = exc.sent_parts
+            self.outbox.add(chat_id, parts[k:], files[max(0, k - len(parts)) :], exc.message, first_words(text, 40))
+            self._outbox_changed.set()
+            return _ok(
+                f"{exc.message}. The unsent part(s) are queued and will be retried for up to "
+                f"{RETRY_FOR_S / 60:.0f} minutes; a channel event will tell you if they are given up. Do not resend."
+            )
         total = result.parts_total
         return _ok("sent" if total == 1 else f"sent {total} parts")
+
+    # -- outbox --------------------------------------------------------------------------------------
+    async def outbox_forever(self) -> None:
+        """Retry queued reply parts when due; report replies given up as channel events."""
+        while True:
+            for entry in self.outbox.due():
+                await self._retry(entry)
+            due = self.outbox.next_due()
+            delay = max(0.0, due - self.outbox.clock()) if due is not None else None
+            self._outbox_changed = anyio.Event()
+            with anyio.move_on_after(delay if delay is not None else math.inf):
+                await self._outbox_changed.wait()
+
+    async def _retry(self, entry: Queued) -> None:
+        self_chat = self._is_self(entry.chat_guid)
+        while not entry.empty:
+            text, files = (entry.parts[0], []) if entry.parts else ("", [entry.files[0]])
+            if text:
+                self.echo.record(entry.chat_guid, text, self_chat=self_chat)
+            try:
+                await anyio.to_thread.run_sync(
+                    partial(self.sender.send, chunk_limit=MAX_CHUNK_LIMIT, signature=None), entry.chat_guid, text, files
+                )
+            except SendError as exc:
+                if exc.transient and self.outbox.retry_later(entry, exc.message):
+                    log.info("outbox: %s still failing (%s); retry %d", entry.chat_guid, exc.message, entry.attempts)
+                    return
+                self.outbox.drop(entry)
+                await self._given_up(entry, exc.message)
+                return
+            self.outbox.part_sent(entry)
+        log.info("outbox: delivered the rest of a reply to %s", entry.chat_guid)
+
+    async def _given_up(self, entry: Queued, reason: str) -> None:
+        log.warning("outbox: gave up a reply to %s: %s", entry.chat_guid, reason)
+        await self.initialized.wait()
+        content = (
+            f'Your reply to {entry.chat_guid} starting "{entry.first_words}" could not be sent and was given up: '
+            f"{reason}"
+        )
+        meta = {"chat_id": entry.chat_guid, "kind": "send_failed", "ts": iso_utc(None)}
+        await self.session.send_notification(ChannelNotification(params=ChannelParams(content=content, meta=meta)))
 
     def _chat_messages(self, args: dict[str, Any]) -> types.CallToolResult:
         guid = _string(args, "chat_guid", required=False)
@@ -403,7 +477,8 @@ class Channel:
 
     async def _execute(self, action: Action, tg: anyio.abc.TaskGroup) -> None:
         if isinstance(action, Deliver):
-            self.ledger.in_flight(action.meta["message_id"], action.rowid)
+            if action.rowid:
+                self.ledger.in_flight(action.meta["message_id"], action.rowid)
             await self.session.send_notification(
                 ChannelNotification(params=ChannelParams(content=action.content, meta=action.meta))
             )
@@ -500,6 +575,7 @@ class Channel:
                     tg.start_soon(serve, read, write)
                     tg.start_soon(signals)
                     tg.start_soon(self.deliver_forever)
+                    tg.start_soon(self.outbox_forever)
                     if parent > 1:
                         tg.start_soon(parent_watch)
             finally:

@@ -135,6 +135,7 @@ class MessagesSimulator:
         register_trigger_stubs(self.conn)
         self._cols = {t: self._columns(t) for t in ("message", "chat", "handle", "attachment", "chat_message_join")}
         self._depth = 0
+        self._unjoined: dict[int, list[int]] = {}
 
     def _columns(self, table: str) -> frozenset[str]:
         return frozenset(r[1] for r in self.conn.execute(f"PRAGMA table_info({table})"))
@@ -275,6 +276,7 @@ class MessagesSimulator:
         attachments: Sequence[AttachmentSpec] = (),
         date: datetime | None = None,
         join: bool = True,
+        attachment_joins: bool = True,
         extra: dict[str, object] | None = None,
     ) -> RowRef:
         service = service or (chat.service if chat and chat.service != "any" else "iMessage")
@@ -315,8 +317,13 @@ class MessagesSimulator:
             rowid = self._insert("message", values)
             if chat is not None and join:
                 self.join_chat(rowid, chat, ns)
-            for spec, att_guid in zip(attachments, att_guids, strict=True):
-                self._attachment(rowid, spec, att_guid, ns, is_from_me)
+            att_rowids = [
+                self._attachment(spec, g, ns, is_from_me) for spec, g in zip(attachments, att_guids, strict=True)
+            ]
+            if attachment_joins:
+                self._join_attachments(rowid, att_rowids)
+            else:
+                self._unjoined[rowid] = att_rowids
             return RowRef(rowid, guid)
         finally:
             self._end()
@@ -336,7 +343,21 @@ class MessagesSimulator:
         finally:
             self._end()
 
-    def _attachment(self, message_rowid: int, spec: AttachmentSpec, guid: str, ns: int, outgoing: bool) -> None:
+    def join_attachments(self, row: RowRef) -> None:
+        """Write the `message_attachment_join` rows held back with `attachment_joins=False`."""
+        self._begin()
+        try:
+            self._join_attachments(row.rowid, self._unjoined.pop(row.rowid, []))
+        finally:
+            self._end()
+
+    def _join_attachments(self, message_rowid: int, attachment_rowids: Sequence[int]) -> None:
+        for att in attachment_rowids:
+            self.conn.execute(
+                "INSERT INTO message_attachment_join (message_id, attachment_id) VALUES (?, ?)", (message_rowid, att)
+            )
+
+    def _attachment(self, spec: AttachmentSpec, guid: str, ns: int, outgoing: bool) -> int:
         folder = self.attachments_dir / guid[:2].lower() / guid[2:4].lower() / guid
         path = folder / spec.name
         if spec.data is not None:
@@ -359,10 +380,7 @@ class MessagesSimulator:
                 "is_sticker": int(spec.is_sticker),
             },
         )
-        self.conn.execute(
-            "INSERT INTO message_attachment_join (message_id, attachment_id) VALUES (?, ?)",
-            (message_rowid, att),
-        )
+        return att
 
     def receive(
         self,
@@ -376,9 +394,12 @@ class MessagesSimulator:
         reply_to: str | None = None,
         date: datetime | None = None,
         join: bool = True,
+        attachment_joins: bool = True,
     ) -> RowRef:
         """An inbound message from `sender` in `chat` (`is_from_me = 0`). `body_only` keeps `text`
-        NULL (Ventura+ behaviour); `reply_to` makes it an inline reply to that GUID."""
+        NULL (Ventura+ behaviour); `reply_to` makes it an inline reply to that GUID; `join=False` /
+        `attachment_joins=False` hold back its chat / attachment joins (see `join_chat`,
+        `join_attachments`), as Messages sometimes commits them later."""
         extra: dict[str, object] = {}
         if reply_to:
             extra = {"thread_originator_guid": reply_to, "thread_originator_part": "0:0:0"}
@@ -392,6 +413,7 @@ class MessagesSimulator:
             attachments=attachments,
             date=date,
             join=join,
+            attachment_joins=attachment_joins,
             extra=extra,
         )
 

@@ -29,14 +29,18 @@ PERMISSION = "notifications/claude/channel/permission"
 
 
 class ServerProcess:
-    """One `imessage-channel serve` subprocess on `db`, with its state dir under `home`."""
+    """One `imessage-channel serve` subprocess on `db`, with its state dir under `home` (a second
+    ServerProcess on the same `home` is a restart: same state dir, same osascript log)."""
+
+    _runs = 0
 
     def __init__(self, db: Path, home: Path, *, env: dict[str, str] | None = None, osascript_mode: str = "ok") -> None:
         self.db = db
         self.home = home
         self.state = home / "state"
         self.osascript_log = home / "osascript.jsonl"
-        self.stderr_path = home / "server.stderr"
+        ServerProcess._runs += 1
+        self.stderr_path = home / f"server-{ServerProcess._runs}.stderr"
         self.env = {
             **os.environ,
             "HOME": str(home),
@@ -56,6 +60,8 @@ class ServerProcess:
         self._raw: list[bytes] = []
         self._next_id = 0
         self._closed = False
+        self._pause_after: int | None = None
+        self._resume = threading.Event()
 
     # -- process ---------------------------------------------------------------------------
     def start(self, argv: list[str] | None = None) -> ServerProcess:
@@ -83,6 +89,9 @@ class ServerProcess:
                 else:
                     self._notifications.append((now, msg))
                 self._cond.notify_all()
+                paused = self._pause_after is not None and len(self._notifications) >= self._pause_after
+            if paused:
+                self._resume.wait()
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -109,6 +118,32 @@ class ServerProcess:
                 self.proc.send_signal(signal.SIGKILL)
                 self.proc.wait(timeout=5)
         self._stderr.close()
+
+    def pause_reading_after(self, notifications: int) -> None:
+        """Stop reading stdout once this many notifications arrived, so the server's pipe fills up."""
+        self._pause_after = notifications
+
+    def resume_reading(self) -> None:
+        self._pause_after = None
+        self._resume.set()
+
+    def wait_stdout_pipe_full(self, timeout: float = 30) -> None:
+        """Block until the kernel pipe of the server's stdout is nearly full (its writer is blocked)."""
+        import fcntl
+        import termios
+
+        assert self.proc is not None and self.proc.stdout is not None
+        buf = bytearray(4)
+
+        def full() -> bool:
+            fcntl.ioctl(self.proc.stdout.fileno(), termios.FIONREAD, buf)  # type: ignore[union-attr]
+            return int.from_bytes(buf, sys.byteorder) >= 65536 - 4096
+
+        self._wait(full, timeout, "the server's stdout pipe to fill")
+
+    def wait_closed(self, timeout: float = 15) -> None:
+        """Block until the server's stdout reached EOF (after it exited or was killed)."""
+        self._wait(lambda: self._closed, timeout, "stdout EOF")
 
     # -- JSON-RPC ------------------------------------------------------------------------------
     def send(self, message: dict[str, Any]) -> None:
@@ -159,7 +194,7 @@ class ServerProcess:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._closed:
                     raise AssertionError(f"timed out waiting for {what}; server stderr:\n{self.stderr()[-3000:]}")
-                self._cond.wait(left)
+                self._cond.wait(min(left, 0.05))  # re-probe: some conditions change without a line
 
     def notifications(self, method: str) -> list[dict[str, Any]]:
         with self._cond:
@@ -191,14 +226,7 @@ class ServerProcess:
         return [json.loads(line) for line in self.osascript_log.read_text(encoding="utf-8").splitlines()]
 
     def wait_osascript(self, count: int, timeout: float = 15) -> list[dict[str, Any]]:
-        """Wait until the fake osascript ran `count` times (the log is appended by the subprocess, so
-        this re-reads it whenever the server prints something, and at least every 50 ms)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            calls = self.osascript_calls()
-            if len(calls) >= count:
-                return calls
-            if time.monotonic() > deadline:
-                raise AssertionError(f"fake osascript ran {len(calls)} times, wanted {count}:\n{self.stderr()[-3000:]}")
-            with self._cond:
-                self._cond.wait(0.05)
+        """Wait until the fake osascript (another process, appending to its log) ran `count` times."""
+        return self._wait(
+            lambda: len(calls := self.osascript_calls()) >= count and calls, timeout, f"{count} osascript calls"
+        )
