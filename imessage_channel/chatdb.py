@@ -486,6 +486,11 @@ class ChatDB:
         rows = self._query(self._select + " WHERE m.ROWID > ? ORDER BY m.ROWID LIMIT ?", (rowid, limit))
         return self._decode_rows(rows)
 
+    def guid_at(self, rowid: int) -> str | None:
+        """`message.guid` of the row with this ROWID, or None."""
+        row = self._query("SELECT guid FROM message WHERE ROWID = ?", (rowid,))
+        return str(row[0][0]) if row else None
+
     def first_rowid_since(self, apple_ns: int) -> int | None:
         """The lowest ROWID dated at or after `apple_ns` (Apple epoch ns), via `message_idx_date`."""
         row = self._query("SELECT MIN(ROWID) FROM message WHERE date >= ?", (apple_ns,))

@@ -186,7 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     start = p.add_mutually_exclusive_group()
     start.add_argument("--last", type=int, metavar="N", help="first show decisions for the last N messages")
     start.add_argument("--from-rowid", type=int, metavar="ROWID", help="first show decisions for rows after ROWID")
-    p.add_argument("--once", action="store_true", help="print the decisions for --last/--from-rowid, then exit")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="print the decisions for --last/--from-rowid (default: the last 20), then exit",
+    )
     p.set_defaults(func=_watch)
     return parser
 

@@ -3,7 +3,8 @@
 Owns two files in the state dir (`IMESSAGE_STATE_DIR`):
 
 - `delivery.json` — rewritten atomically (temp + fsync + rename) after each delivery batch:
-  `{"version": 1, "db": <chat.db path>, "rowid": W, "newest_date": <Apple ns>, "seen": [GUID…],
+  `{"version": 1, "db": <chat.db path>, "rowid": W, "edge_guid": <GUID of row W>, "newest_date": <Apple ns>,
+  "seen": [GUID…],
   "recent": [[sender, chat, text hash, Apple ns, GUID]…]}`. `rowid` is the watermark: every row ≤ W has been
   decided (delivered, or dropped for a reason). `seen` holds the last `SEEN_LIMIT` delivered GUIDs.
 - `delivered.log` — one GUID per line, appended the moment an event's line has been written to stdout
@@ -50,6 +51,7 @@ class Resume:
 
     rowid: int | None
     newest_date: int | None
+    edge_guid: str | None = None
     seen: list[str] = field(default_factory=list)
     recent: list[tuple[str, str, str, int, str]] = field(default_factory=list)
     corrupt: bool = False
@@ -90,6 +92,7 @@ class DeliveryLedger:
                 if data.get("db") == self.db_path:
                     resume.rowid = int(data["rowid"])
                     resume.newest_date = int(data["newest_date"]) if data.get("newest_date") is not None else None
+                    resume.edge_guid = data.get("edge_guid")
                 resume.seen = [str(g) for g in data.get("seen", [])]
                 resume.recent = [(str(a), str(b), str(c), int(d), str(e)) for a, b, c, d, e in data.get("recent", [])]
             except (ValueError, TypeError, KeyError) as exc:
@@ -140,16 +143,25 @@ class DeliveryLedger:
         with self._lock:
             return min([processed, *(r - 1 for r in self._inflight.values())])
 
-    def commit(self, processed: int, newest_date: int | None, recent: deque[tuple[str, str, str, int, str]]) -> None:
-        """Persist the watermark (never past an in-flight row), the seen-set and `recent` atomically,
-        then empty `delivered.log`. Errors make the ledger memory-only, with one log line."""
+    def commit(
+        self,
+        processed: int,
+        edge_guid: str | None,
+        newest_date: int | None,
+        recent: deque[tuple[str, str, str, int, str]],
+    ) -> None:
+        """Persist the watermark (never past an in-flight row), the GUID of the row at the watermark
+        (`edge_guid`, to detect renumbering), the seen-set and `recent` atomically, then empty
+        `delivered.log`. Errors make the ledger memory-only, with one log line."""
         if not self.writable:
             return
         with self._lock:
+            rowid = min([processed, *(r - 1 for r in self._inflight.values())])
             data = {
                 "version": 1,
                 "db": self.db_path,
-                "rowid": min([processed, *(r - 1 for r in self._inflight.values())]),
+                "rowid": rowid,
+                "edge_guid": edge_guid if rowid == processed else None,
                 "newest_date": newest_date,
                 "seen": list(self._seen),
                 "recent": [list(r) for r in recent],

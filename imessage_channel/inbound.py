@@ -180,6 +180,8 @@ class InboundPipeline:
     _recent_self: deque[_Recent] = field(default_factory=lambda: deque(maxlen=64))
     _held_since: dict[int, float] = field(default_factory=dict)
     recent: deque[tuple[str, str, str, int, str]] = field(default_factory=lambda: deque(maxlen=RECENT_LIMIT))
+    edge_guid: str | None = None
+    _anchor_checked: bool = False
     _storm: int = 0
 
     def __post_init__(self) -> None:
@@ -205,6 +207,9 @@ class InboundPipeline:
         when chat.db cannot be read (the caller logs and retries)."""
         if self.db.refresh():
             log.warning("chat.db was replaced; reopened it")
+            self._anchor_checked = False
+        if not self._anchor_checked:
+            self._check_anchor()
         actions: list[Action] = []
         decisions: list[RowDecision] = []
         rows = self.db.messages_after(self.watermark, limit)
@@ -228,11 +233,18 @@ class InboundPipeline:
                 verdict, reason, acts = self._decide(msg)
             decisions.append(RowDecision(msg, verdict, reason))
             actions += acts
-            self.watermark = msg.rowid
+            self.watermark, self.edge_guid = msg.rowid, msg.guid
         if self._storm and len(rows) < limit:
             log.warning("sync storm over: %d old messages were not delivered as new", self._storm)
             self._storm = 0
         return actions, decisions
+
+    def _check_anchor(self) -> None:
+        """At start and after chat.db was replaced: the row at the watermark must still be the one
+        decided last (`edge_guid`). A different GUID there means the ROWIDs were renumbered."""
+        self._anchor_checked = True
+        if self.watermark and self.edge_guid and self.db.guid_at(self.watermark) != self.edge_guid:
+            self._reanchor()
 
     def _reanchor(self) -> None:
         """The watermark is above every ROWID: chat.db was rebuilt and renumbered. Resume at the first
@@ -245,7 +257,7 @@ class InboundPipeline:
         log.warning(
             "chat.db ROWIDs were renumbered (watermark %d > MAX(ROWID) %d); resuming at %d", self.watermark, top, new
         )
-        self.watermark = new
+        self.watermark, self.edge_guid = new, None
         self.catchup_until = 0
 
     def approvals(self) -> list[Action]:

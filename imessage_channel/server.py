@@ -263,7 +263,8 @@ class Channel:
             pipeline.watermark = top
             return pipeline
         base = resume.rowid or 0
-        if base > top:
+        pipeline.edge_guid = resume.edge_guid
+        if base > top or (base and resume.edge_guid and self.db.guid_at(base) != resume.edge_guid):
             pipeline.watermark = base  # renumbered while we were down: the first poll re-anchors
             return pipeline
         since = pipeline.now() - self.config.catchup_window
@@ -506,7 +507,12 @@ class Channel:
 
     def _commit(self) -> None:
         newest = self.pipeline.newest_date
-        self.ledger.commit(self.pipeline.watermark, to_apple_ns(newest) if newest else None, self.pipeline.recent)
+        self.ledger.commit(
+            self.pipeline.watermark,
+            self.pipeline.edge_guid,
+            to_apple_ns(newest) if newest else None,
+            self.pipeline.recent,
+        )
 
     async def deliver_forever(self) -> None:
         """Wait for initialization, then read, gate and push for as long as the connection lives."""
