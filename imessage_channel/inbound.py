@@ -20,6 +20,7 @@ the actions. Untrusted text only ever lands in `content`; meta values come from 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -179,7 +180,8 @@ class InboundPipeline:
     _self: dict[str, bool] = field(default_factory=dict)
     _recent_self: deque[_Recent] = field(default_factory=lambda: deque(maxlen=64))
     _held_since: dict[int, float] = field(default_factory=dict)
-    recent: deque[tuple[str, str, str, int, str]] = field(default_factory=lambda: deque(maxlen=RECENT_LIMIT))
+    recent: deque[tuple[str, str, str, int, str]] = field(default_factory=deque)
+    _recent_index: dict[tuple[str, ...], list[tuple[int, str]]] = field(default_factory=dict)
     edge_guid: str | None = None
     _anchor_checked: bool = False
     _storm: int = 0
@@ -345,12 +347,24 @@ class InboundPipeline:
         )
         when = to_apple_ns(msg.date) if msg.date else 0
         window = DUPLICATE_WINDOW.total_seconds() * 1e9
-        if msg.kind in (Kind.TEXT, Kind.REPLY) and any(
-            (s, c, t) == key and abs(d - when) <= window and g != msg.guid for s, c, t, d, g in self.recent
-        ):
+        same = self._recent_index.setdefault(key, [])
+        if msg.kind in (Kind.TEXT, Kind.REPLY) and any(abs(d - when) <= window and g != msg.guid for d, g in same):
             return True
-        self.recent.append((*key, when, msg.guid))
+        self.remember((*key, when, msg.guid))
         return False
+
+    def remember(self, fingerprint: tuple[str, str, str, int, str]) -> None:
+        """Add a delivery fingerprint (sender, conversation, text hash, Apple ns, GUID) to `recent`,
+        evicting the oldest beyond `RECENT_LIMIT`; indexed by the first three for O(1) lookups."""
+        if len(self.recent) >= RECENT_LIMIT:
+            old = self.recent.popleft()
+            bucket = self._recent_index.get(old[:3], [])
+            with contextlib.suppress(ValueError):
+                bucket.remove(old[3:])
+            if not bucket:
+                self._recent_index.pop(old[:3], None)
+        self.recent.append(fingerprint)
+        self._recent_index.setdefault(fingerprint[:3], []).append(fingerprint[3:])
 
     def _is_twin(self, msg: Message) -> bool:
         """Self-chat: is `msg` the other copy of a text already seen (opposite `is_from_me`)?"""

@@ -75,6 +75,11 @@ CHANNEL = "notifications/claude/channel"
 PERMISSION = "notifications/claude/channel/permission"
 PERMISSION_REQUEST = "notifications/claude/channel/permission_request"
 MAX_HISTORY = 500
+FOLLOW_UP_S = (0.02, 0.08, 0.4)
+"""Extra reads 20, 100 and 500 ms after each file event. A WAL commit becomes visible only after the
+WAL fsync and a write to the memory-mapped -shm, which raises no file event; a read right after the
+-wal event can miss a slow commit, which would then wait for the safety poll. (Found by
+scripts/repro_missed_wake.py: ~1 % of lone messages, far more under disk load.)"""
 PARENT_CHECK_S = 1.0
 
 INSTRUCTIONS = """\
@@ -256,7 +261,8 @@ class Channel:
         `catchup_max`); corrupt ledger → the same catch-up from the start of the window."""
         resume = self.ledger.load()
         top = self.db.max_rowid()
-        pipeline.recent.extend(resume.recent)
+        for fingerprint in resume.recent:
+            pipeline.remember(fingerprint)
         if resume.newest_date is not None:
             pipeline.newest_date = from_apple(resume.newest_date)
         if resume.rowid is None and not resume.corrupt:
@@ -519,6 +525,7 @@ class Channel:
         await self.initialized.wait()
         self.waker.start()
         failing = False
+        followups: list[float] = []
         async with anyio.create_task_group() as tg:
             while True:
                 held = False
@@ -542,8 +549,14 @@ class Channel:
                     failing = True
                 except Exception:  # never let one bad row or state file stop delivery
                     log.exception("delivery step failed; retrying on the next wake")
-                timeout = 0.05 if held else (1.0 if failing else SAFETY_POLL_S)
-                await anyio.to_thread.run_sync(self.waker.wait, timeout, abandon_on_cancel=True)
+                if held:
+                    timeout = 0.05
+                elif failing:
+                    timeout = 1.0
+                else:
+                    timeout = followups.pop(0) if followups else SAFETY_POLL_S
+                if await anyio.to_thread.run_sync(self.waker.wait, timeout, abandon_on_cancel=True):
+                    followups = list(FOLLOW_UP_S)
 
     async def serve_stdio(self, parent: int) -> None:
         """Serve MCP on stdin/stdout until EOF, a signal, or the parent process `parent` exits

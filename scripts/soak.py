@@ -1,0 +1,125 @@
+"""Soak test: the real server under a steady stream of new messages and random restarts and crashes.
+
+Usage (from the repository root):
+
+    uv run python scripts/soak.py --minutes 5 [--rate 5] [--restart-every 20] [--seed 1]
+
+A fixture chat.db gets `--rate` inbound texts per second from an allowlisted friend (some in bursts of
+up to 50 in one commit). Every `--restart-every` seconds on average the server is stopped, either
+cleanly (stdin closed) or with SIGKILL, and started again on the same state dir; messages keep arriving
+while it is down. At the end the script reports what Claude would have received:
+delivered / expected / duplicates / missing, which must be equal, 0 and 0. Exit status 0 when they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fixtures.chatdb_builder import create_chatdb
+from imessage_channel.simulator import MessagesSimulator
+from tests.harness import ServerProcess
+
+FRIEND = "friend@example.com"
+
+
+def soak(minutes: float, rate: float, restart_every: float, seed: int) -> int:
+    rng = random.Random(seed)
+    work = Path(tempfile.mkdtemp(prefix="imessage-soak-"))
+    (work / "Messages").mkdir()
+    db = create_chatdb(work / "Messages" / "chat.db", "sequoia")
+    sim = MessagesSimulator(db, owner="owner@example.com")
+    me = sim.self_chat()
+    sim.send(me, "start")
+    friend = sim.dm(FRIEND)
+    home = work / "home"
+    (home / "state").mkdir(parents=True)
+    (home / "state" / "access.json").write_text(json.dumps({"allowFrom": [FRIEND]}))
+    env = {"IMESSAGE_LOG_LEVEL": "WARNING", "IMESSAGE_CATCHUP_MAX": "100000"}
+
+    expected: list[str] = []
+    received: list[str] = []
+    restarts = kills = 0
+
+    def start() -> ServerProcess:
+        server = ServerProcess(db, home, env=env).start()
+        server.initialize()
+        return server
+
+    def collect(server: ServerProcess) -> None:
+        received.extend(e["meta"]["message_id"] for e in server.events() if "message_id" in e["meta"])
+
+    server = start()
+    deadline = time.monotonic() + minutes * 60
+    next_restart = time.monotonic() + rng.expovariate(1 / restart_every)
+    n = 0
+    while time.monotonic() < deadline:
+        burst = 1 if rng.random() < 0.9 else rng.randint(2, 50)
+        with sim.batch():
+            for _ in range(burst):
+                expected.append(sim.receive(friend, FRIEND, f"soak {n}").guid)
+                n += 1
+        time.sleep(rng.expovariate(rate / burst))
+        if time.monotonic() >= next_restart:
+            if rng.random() < 0.5:
+                assert server.proc is not None
+                server.proc.kill()
+                kills += 1
+            else:
+                server.close_stdin()
+            server.wait_exit(15)
+            server.wait_closed()
+            collect(server)
+            server.stop()
+            for _ in range(rng.randint(0, 10)):  # texts that arrive while it is down
+                expected.append(sim.receive(friend, FRIEND, f"soak {n} (while down)").guid)
+                n += 1
+            server = start()
+            restarts += 1
+            next_restart = time.monotonic() + rng.expovariate(1 / restart_every)
+    # Let the last server drain, then stop it cleanly.
+    tail = {e["meta"].get("message_id") for e in server.events()}
+    pending = [g for g in expected if g not in set(received) and g not in tail]
+    if pending:
+        server.wait_event(lambda e: e["meta"].get("message_id") == pending[-1], timeout=60)
+    server.close_stdin()
+    server.wait_exit(15)
+    server.wait_closed()
+    collect(server)
+    server.stop()
+    sim.close()
+
+    counts = Counter(received)
+    duplicates = sum(c - 1 for c in counts.values() if c > 1)
+    missing = len(set(expected) - set(counts))
+    unexpected = len(set(counts) - set(expected))
+    print(f"ran {minutes:g} min: {restarts} restarts ({kills} by SIGKILL), state in {work}")
+    print(
+        f"expected {len(expected)}  delivered {len(counts)}  duplicates {duplicates}  "
+        f"missing {missing}  unexpected {unexpected}"
+    )
+    ok = duplicates == 0 and missing == 0 and unexpected == 0
+    print("OK" if ok else "FAILED")
+    return 0 if ok else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=5)
+    parser.add_argument("--rate", type=float, default=5, help="messages per second (average)")
+    parser.add_argument("--restart-every", type=float, default=20, help="seconds between restarts (average)")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    return soak(args.minutes, args.rate, args.restart_every, args.seed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
