@@ -275,7 +275,7 @@ class Channel:
             return pipeline
         since = pipeline.now() - self.config.catchup_window
         start = self.db.catchup_start(base, top, to_apple_ns(since), self.config.catchup_max)
-        pipeline.watermark = start - 1
+        pipeline.watermark, pipeline.edge_guid = start - 1, None  # anchor checked above at `base`
         pipeline.catchup_until, pipeline.catchup_since = top, since
         if top > base:
             log.info(
