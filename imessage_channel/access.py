@@ -19,7 +19,8 @@ servers and the official `/imessage:access` skill can share one file:
   "mentionPatterns": ["^claude\\\\b"],  // case-insensitive regexes
   "textChunkLimit": 10000,            // optional, max 10000
   "chunkMode": "length",              // optional, "length" (default) | "newline"
-  "appendSignature": true             // optional, default true (ACCESS.md)
+  "appendSignature": true,            // optional, default true (ACCESS.md)
+  "signature": "Sent by Claude"       // optional: the line appended to replies (this server only)
 }
 ```
 
@@ -150,7 +151,7 @@ class Access:
     """Typed, read-only view of access.json (treat the mappings as immutable; use `dataclasses.replace`).
 
     Optional keys the file may omit (`mentionPatterns`, `textChunkLimit`, `chunkMode`,
-    `appendSignature`) are `None` when absent and are then not written back. `extra` holds unknown
+    `appendSignature`, `signature`) are `None` when absent and are then not written back. `extra` holds unknown
     top-level keys.
     """
 
@@ -162,6 +163,7 @@ class Access:
     text_chunk_limit: int | None = None
     chunk_mode: ChunkMode | None = None
     append_signature: bool | None = None
+    signature: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -196,6 +198,9 @@ class Access:
         signature = obj.get("appendSignature")
         if signature is not None and not isinstance(signature, bool):
             raise AccessShapeError(f"appendSignature: expected a boolean, got {signature!r}")
+        signature_text = obj.get("signature")
+        if signature_text is not None and not isinstance(signature_text, str):
+            raise AccessShapeError(f"signature: expected a string, got {signature_text!r}")
         return cls(
             dm_policy=DmPolicy(policy) if policy is not None else DmPolicy.ALLOWLIST,
             allow_from=_strings(obj.get("allowFrom"), "allowFrom"),
@@ -211,6 +216,7 @@ class Access:
             text_chunk_limit=limit,
             chunk_mode=ChunkMode(mode) if mode is not None else None,
             append_signature=signature,
+            signature=signature_text,
             extra={k: v for k, v in obj.items() if k not in _KNOWN_KEYS},
         )
 
@@ -244,6 +250,8 @@ class Access:
             out["chunkMode"] = self.chunk_mode.value
         if self.append_signature is not None:
             out["appendSignature"] = self.append_signature
+        if self.signature is not None:
+            out["signature"] = self.signature
         out.update(self.extra)
         return out
 
@@ -258,6 +266,7 @@ _KNOWN_KEYS = frozenset(
         "textChunkLimit",
         "chunkMode",
         "appendSignature",
+        "signature",
     }
 )
 

@@ -14,7 +14,9 @@ date columns be NULL (design §4, BlueBubbles' per-release sample databases).
 Every query is bounded (a LIMIT) and served by one of Apple's own indexes:
 - rows after a watermark: the `message` ROWID primary key;
 - last N of a chat: `chat_message_join_idx_message_date_id_chat_id (chat_id, message_date, message_id)`;
-- chats of a handle / participants of a chat: `chat_handle_join` and its `handle_id` index.
+- chats of a handle / participants of a chat: `chat_handle_join` and its `handle_id` index;
+- edit/unsend states of delivered rows and attachments still downloading: the `message` / `attachment`
+  ROWID primary keys (`edit_states`, `attachments_by_rowid`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -109,6 +111,11 @@ class Tapback:
     removed: bool
 
 
+TRANSFER_FINISHED = 5
+"""`attachment.transfer_state` of a file that is completely on disk; lower values are waiting or
+downloading (imessage-exporter's and BlueBubbles' readers treat 5 as finished)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Attachment:
     """One row of `attachment` joined to a message. `path` has `~` expanded (chat.db stores
@@ -128,6 +135,21 @@ class Attachment:
     def is_image(self) -> bool:
         """True for `image/*` MIME types (HEIC included)."""
         return bool(self.mime_type and self.mime_type.startswith("image/"))
+
+    @property
+    def is_audio(self) -> bool:
+        """True for `audio/*` MIME types and Core Audio files (`.caf`, UTI `com.apple.coreaudio-format`),
+        the format of Messages' voice messages."""
+        return bool(
+            (self.mime_type and self.mime_type.startswith("audio/"))
+            or self.uti == "com.apple.coreaudio-format"
+            or self.name.lower().endswith(".caf")
+        )
+
+    @property
+    def finished(self) -> bool:
+        """True when the transfer is complete (`transfer_state` = `TRANSFER_FINISHED`)."""
+        return self.transfer_state == TRANSFER_FINISHED
 
     @property
     def name(self) -> str:
@@ -172,6 +194,7 @@ class Message:
       `account` (prefix stripped, normalised), or None when unknown.
     - `date`: UTC; from ns or legacy seconds. `text`: from `text`, else from the decoded
       `attributedBody`, with U+FFFC attachment placeholders removed and ends stripped.
+    - `is_audio_message`: `message.is_audio_message` (a voice message recorded in Messages).
     """
 
     rowid: int
@@ -199,6 +222,7 @@ class Message:
     edit_history: tuple[str, ...] = ()
     mentions: tuple[str, ...] = field(default=())
     transfer_guids: tuple[str, ...] = ()
+    is_audio_message: bool = False
 
     @property
     def attachments_pending(self) -> bool:
@@ -341,6 +365,7 @@ _OPTIONAL_MESSAGE_COLUMNS = (
     "date_retracted",
     "message_summary_info",
     "cache_has_attachments",
+    "is_audio_message",
 )
 
 
@@ -508,27 +533,33 @@ class ChatDB:
         )
         return int(rows[-1][0]) if rows else upto + 1
 
-    def messages_by_rowid(self, rowids: Iterable[int]) -> list[Message]:
-        """The rows with these ROWIDs, in ROWID order (missing ones are skipped)."""
+    def messages_by_rowid(self, rowids: Iterable[int], on_batch: Callable[[int], None] | None = None) -> list[Message]:
+        """The rows with these ROWIDs, in ROWID order (missing ones are skipped), read 500 at a time;
+        `on_batch(n)` is called after each batch."""
         ids = sorted(set(rowids))
         out: list[Message] = []
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
             marks = ",".join("?" * len(chunk))
             out += self._decode_rows(self._query(self._select + f" WHERE m.ROWID IN ({marks}) ORDER BY m.ROWID", chunk))
+            if on_batch is not None:
+                on_batch(len(chunk))
         return out
 
-    def recent(self, limit: int = 20) -> list[Message]:
-        """The newest `limit` rows of the whole database, oldest first (primary-key scan backwards)."""
+    def recent(self, limit: int = 20, on_batch: Callable[[int], None] | None = None) -> list[Message]:
+        """The newest `limit` rows of the whole database, oldest first (primary-key scan backwards).
+        `on_batch(n)` is called after each batch of n decoded rows (progress display)."""
         ids = self._query("SELECT ROWID FROM message ORDER BY ROWID DESC LIMIT ?", (limit,))
-        return self.messages_by_rowid(r[0] for r in ids)
+        return self.messages_by_rowid((r[0] for r in ids), on_batch)
 
     def message_by_guid(self, guid: str) -> Message | None:
         """The row with this GUID (`message.guid` is UNIQUE), or None."""
         found = self._decode_rows(self._query(self._select + " WHERE m.guid = ?", (guid,)))
         return found[0] if found else None
 
-    def last_messages(self, chat_guid: str, limit: int = 50) -> list[Message]:
+    def last_messages(
+        self, chat_guid: str, limit: int = 50, on_batch: Callable[[int], None] | None = None
+    ) -> list[Message]:
         """The newest `limit` messages of a chat, returned oldest first.
 
         Uses `chat_message_join (chat_id, message_date, message_id)`."""
@@ -541,7 +572,7 @@ class ChatDB:
             " ORDER BY message_date DESC, message_id DESC LIMIT ?",
             (*chat_ids, limit),
         )
-        msgs = self.messages_by_rowid(r[0] for r in ids)
+        msgs = self.messages_by_rowid((r[0] for r in ids), on_batch)
         msgs.sort(key=lambda m: (m.date or APPLE_EPOCH, m.rowid))
         return msgs
 
@@ -618,38 +649,63 @@ class ChatDB:
             edit_history=decode_edit_history(get("message_summary_info")) if date_edited else (),  # type: ignore[arg-type]
             mentions=mentions,
             transfer_guids=transfers,
+            is_audio_message=bool(get("is_audio_message")),
         )
 
     def _attachments_for(self, message_ids: list[int]) -> dict[int, tuple[Attachment, ...]]:
         if not message_ids:
             return {}
-        sticker = "a.is_sticker" if "is_sticker" in self._attachment_columns else "0"
         out: dict[int, list[Attachment]] = {}
         for i in range(0, len(message_ids), 500):
             chunk = message_ids[i : i + 500]
             marks = ",".join("?" * len(chunk))
             rows = self._query(
-                "SELECT j.message_id, a.ROWID, a.guid, a.filename, a.mime_type, a.uti, a.transfer_name,"
-                f" a.transfer_state, a.total_bytes, {sticker} FROM message_attachment_join j"
+                f"SELECT j.message_id, {self._attachment_cols()} FROM message_attachment_join j"
                 f" JOIN attachment a ON a.ROWID = j.attachment_id WHERE j.message_id IN ({marks})"
                 " ORDER BY j.message_id, a.ROWID",
                 chunk,
             )
-            for mid, arow, aguid, fname, mime, uti, tname, tstate, size, is_sticker in rows:
-                out.setdefault(mid, []).append(
-                    Attachment(
-                        rowid=arow,
-                        guid=aguid,
-                        path=os.path.expanduser(fname) if fname else None,
-                        mime_type=mime,
-                        uti=uti,
-                        transfer_name=tname,
-                        transfer_state=int(tstate or 0),
-                        total_bytes=int(size or 0),
-                        is_sticker=bool(is_sticker),
-                    )
-                )
+            for mid, *cols in rows:
+                out.setdefault(mid, []).append(_attachment(cols))
         return {k: tuple(v) for k, v in out.items()}
+
+    def _attachment_cols(self) -> str:
+        sticker = "a.is_sticker" if "is_sticker" in self._attachment_columns else "0"
+        return (
+            "a.ROWID, a.guid, a.filename, a.mime_type, a.uti, a.transfer_name, a.transfer_state, a.total_bytes,"
+            f" {sticker}"
+        )
+
+    def attachments_by_rowid(self, rowids: Iterable[int]) -> list[Attachment]:
+        """The `attachment` rows with these ROWIDs, in ROWID order (missing ones are skipped): one
+        primary-key lookup per id, in chunks of 500. Used to see downloads finish."""
+        ids = sorted(set(rowids))
+        out: list[Attachment] = []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._query(
+                f"SELECT {self._attachment_cols()} FROM attachment a WHERE a.ROWID IN ({marks}) ORDER BY a.ROWID", chunk
+            )
+            out += [_attachment(r) for r in rows]
+        return out
+
+    def edit_states(self, rowids: Iterable[int]) -> dict[int, tuple[str, int, int]]:
+        """`{ROWID: (guid, date_edited, date_retracted)}` (Apple epoch ns, NULL read as 0) for these
+        message rows: one primary-key lookup per id. Edits and unsends change a row in place (Ventura+), so a
+        watermark never sees them. Empty before Ventura (no such columns) and for missing rows."""
+        if "date_edited" not in self._columns or "date_retracted" not in self._columns:
+            return {}
+        ids = sorted(set(rowids))
+        out: dict[int, tuple[str, int, int]] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for rowid, guid, edited, retracted in self._query(
+                f"SELECT ROWID, guid, date_edited, date_retracted FROM message WHERE ROWID IN ({marks})", chunk
+            ):
+                out[int(rowid)] = (str(guid), int(edited or 0), int(retracted or 0))
+        return out
 
     # -- chats and handles ---------------------------------------------------------------------
     _CHAT_SELECT = "SELECT ROWID, guid, style, chat_identifier, service_name, display_name FROM chat"
@@ -728,6 +784,22 @@ class ChatDB:
 
 
 _IDX = {name: i for i, name in enumerate(_OPTIONAL_MESSAGE_COLUMNS)}
+
+
+def _attachment(cols: Sequence[object]) -> Attachment:
+    """An `Attachment` from the columns `ChatDB._attachment_cols` selects."""
+    arow, aguid, fname, mime, uti, tname, tstate, size, is_sticker = cols
+    return Attachment(
+        rowid=int(arow),  # type: ignore[call-overload]
+        guid=str(aguid),
+        path=os.path.expanduser(str(fname)) if fname else None,
+        mime_type=mime,  # type: ignore[arg-type]
+        uti=uti,  # type: ignore[arg-type]
+        transfer_name=tname,  # type: ignore[arg-type]
+        transfer_state=int(tstate or 0),  # type: ignore[call-overload]
+        total_bytes=int(size or 0),  # type: ignore[call-overload]
+        is_sticker=bool(is_sticker),
+    )
 
 
 def default_db_path() -> Path:

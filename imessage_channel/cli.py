@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .chatdb import ChatDB, ChatDBError, Message, default_db_path
+from .progress import Progress
 from .render import describe, render_conversation
 
 
@@ -52,8 +53,12 @@ def _message_json(msg: Message) -> dict[str, object]:
 
 def cmd_messages(args: argparse.Namespace) -> int:
     """Print recent messages as the channel reads them: per-chat blocks, or JSON with --json."""
-    with ChatDB(args.db or default_db_path()) as db:
-        msgs = db.last_messages(args.chat, args.limit) if args.chat else db.recent(args.limit)
+    with ChatDB(args.db or default_db_path()) as db, Progress("reading messages", total=args.limit) as progress:
+        if args.chat:
+            msgs = db.last_messages(args.chat, args.limit, progress.advance)
+        else:
+            msgs = db.recent(args.limit, progress.advance)
+        progress.close()
         if args.json:
             json.dump([_message_json(m) for m in msgs], sys.stdout, ensure_ascii=False, indent=2)
             sys.stdout.write("\n")

@@ -15,7 +15,23 @@ in this order (design §2, §5):
 
 `poll()` returns `Action`s — `Deliver`, `PermissionVerdict`, `Send` — and the decisions it took (for
 logs and `imessage-channel watch`). It performs no MCP or AppleScript I/O itself: the server executes
-the actions. Untrusted text only ever lands in `content`; meta values come from chat.db columns.
+the actions. Untrusted text only ever lands in `content`; meta values come from chat.db columns (file
+names, which senders choose, are flattened by `media.safe_name`).
+
+Rich messages (what each delivered row becomes, see `_event`):
+- *attachments*: every file on disk is listed in `attachments` (JSON `{path, mime, name, size[, original]}`,
+  prepared by `media.prepare`: HEIC and oversized images become an inbox JPEG), the first image is
+  `image_path`, `attachment_count` counts them all. Files still downloading (`transfer_state` ≠ 5) do
+  not hold the watermark: the message is delivered now with `attachments_pending`, their ROWIDs are
+  watched (at most `MAX_WAITING`, for `ATTACHMENT_WAIT_S`) with one query per poll, and each message's
+  finished files arrive as a follow-up event `kind="attachment"` with the original `message_id`;
+- *reactions* (tapbacks) read as `👍 liked your message "Done: 3 files…"` (`render.whose_message`);
+  *replies* get `reply_to` and a first line `↩ reply to your message "…"` in the content (never meta:
+  the quote is someone's text);
+- *edits and unsends* change a row in place, so the watermark never sees them. Delivered messages
+  are tracked (at most `TRACK_LIMIT`, until `EDIT_WINDOW` after their date) and their
+  `date_edited`/`date_retracted` read with one query per poll: an edit becomes `kind="edit"` with the
+  new text, an unsend `kind="unsend"`. Neither survives a restart (the ledger persists rows, not this).
 """
 
 from __future__ import annotations
@@ -28,20 +44,21 @@ import os
 import re
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from . import access as access_mod
 from .access import AccessStore
-from .appletime import to_apple_ns
-from .chatdb import ChatDB, Kind, Message, is_self_chat
+from .appletime import from_apple, to_apple_ns
+from .chatdb import Attachment, ChatDB, Kind, Message, is_self_chat
 from .delivery import RECENT_LIMIT, DeliveryLedger
 from .echo import EchoFilter, conversation_key, normalize_text
 from .gate import IMESSAGE_SERVICES, Inbound, Verdict, decide
 from .handles import normalize_handle
-from .render import first_words
+from .media import Inbox, Prepared, prepare
+from .render import attachment_label, first_words, quote_of, reaction_phrase, whose_message
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +90,21 @@ CATCHUP_MAX = 100
 """After a restart, rows that arrived while the server was down are delivered when dated within
 `CATCHUP_WINDOW` and among the newest `CATCHUP_MAX` such rows (env `IMESSAGE_CATCHUP_HOURS`,
 `IMESSAGE_CATCHUP_MAX`; 0 turns catch-up off)."""
+
+ATTACHMENT_WAIT_S = 15 * 60.0
+"""How long a delivered message's unfinished downloads are watched for (a long video over a slow link
+takes minutes); after that they are given up with a log line."""
+
+MAX_WAITING = 100
+"""Unfinished attachments watched at once; beyond that new ones are not waited for (logged)."""
+
+EDIT_WINDOW = timedelta(minutes=16)
+"""How long after its date a delivered message is watched for edits and unsends: Apple allows editing
+for 15 minutes (unsending for 2), iOS 16 / macOS Ventura ("Unsend and edit messages", Apple Support);
+one more minute absorbs clock differences between the sender's device and this Mac."""
+
+TRACK_LIMIT = 200
+"""Delivered messages watched for edits and unsends at once (the newest are kept)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +174,28 @@ def iso_utc(when: datetime | None) -> str:
 
 
 @dataclass(slots=True)
+class _Tracked:
+    """A delivered message watched for edits and unsends."""
+
+    guid: str
+    chat_guid: str
+    user: str
+    self_chat: bool
+    text: str
+    edited_ns: int
+    until: datetime
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """An attachment of a delivered message that was still downloading."""
+
+    message: Message
+    self_chat: bool
+    since: float
+
+
+@dataclass(slots=True)
 class _Recent:
     text: str
     is_from_me: bool
@@ -157,9 +211,10 @@ class InboundPipeline:
     `IMESSAGE_ALLOW_SMS=true`; `dry_run`: decide only, never write access.json (pairing) — for
     `imessage-channel watch`; `ledger`: the persisted seen-set (see `delivery`); `catchup_until` /
     `catchup_since`: rows up to that ROWID arrived while the server was down and are delivered only
-    when dated since then; `newest_date`: newest delivered message (backfill reference); `now`:
-    aware-UTC clock (freezegun-friendly); `monotonic`: for grace periods. Not thread-safe: one thread
-    polls.
+    when dated since then; `newest_date`: newest delivered message (backfill reference); `inbox`:
+    where images are converted for Claude (None: attachments are delivered as they are); `now`:
+    aware-UTC clock (freezegun-friendly); `monotonic`: for grace periods and download waits. Not
+    thread-safe: one thread polls (it may run `sips`, so never the event loop's).
     """
 
     db: ChatDB
@@ -175,6 +230,7 @@ class InboundPipeline:
     catchup_since: datetime | None = None
     newest_date: datetime | None = None
     started: datetime | None = None
+    inbox: Inbox | None = None
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     monotonic: Callable[[], float] = time.monotonic
     _self: dict[str, bool] = field(default_factory=dict)
@@ -185,6 +241,8 @@ class InboundPipeline:
     edge_guid: str | None = None
     _anchor_checked: bool = False
     _storm: int = 0
+    _tracked: OrderedDict[int, _Tracked] = field(default_factory=OrderedDict)
+    _waiting: dict[int, _Waiting] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.started is None:
@@ -204,15 +262,19 @@ class InboundPipeline:
         """Read up to `limit` rows past the watermark; return the actions and per-row decisions.
 
         The watermark advances past every row decided here, and stops at a row still waiting for its
-        chat join or its attachments (for `JOIN_GRACE_S`). A replaced chat.db is reopened; a watermark
-        above `MAX(ROWID)` (rows renumbered by a rebuild) is re-anchored by date. Raises `ChatDBError`
-        when chat.db cannot be read (the caller logs and retries)."""
+        chat join or its attachment joins (for `JOIN_GRACE_S`). Before the new rows come the follow-ups
+        of messages already delivered: finished downloads, edits, unsends. A replaced chat.db is
+        reopened (follow-ups pending on the old one are dropped: its ROWIDs may mean other rows now);
+        a watermark above `MAX(ROWID)` (rows renumbered by a rebuild) is re-anchored by date. Raises
+        `ChatDBError` when chat.db cannot be read (the caller logs and retries)."""
         if self.db.refresh():
             log.warning("chat.db was replaced; reopened it")
             self._anchor_checked = False
+            self._tracked.clear()
+            self._waiting.clear()
         if not self._anchor_checked:
             self._check_anchor()
-        actions: list[Action] = []
+        actions: list[Action] = [*self._downloads(), *self._edits()]
         decisions: list[RowDecision] = []
         rows = self.db.messages_after(self.watermark, limit)
         if not rows and self.watermark and self.db.max_rowid() < self.watermark:
@@ -332,7 +394,10 @@ class InboundPipeline:
                 return "drop", "icloud-duplicate", []
             if msg.date is not None and (self.newest_date is None or msg.date > self.newest_date):
                 self.newest_date = msg.date
-            return "deliver", decision.reason, [self._event(msg, self_chat)]
+            event = self._event(msg, self_chat)
+            if msg.kind in (Kind.TEXT, Kind.REPLY, Kind.EDIT) and not self.dry_run:
+                self._track(msg, event)
+            return "deliver", decision.reason, [event]
         if decision.verdict is Verdict.PAIR and msg.handle:
             return "pair", decision.reason, self._pair(msg)
         return "drop", decision.reason, []
@@ -401,7 +466,9 @@ class InboundPipeline:
         outcome = outcome_box[-1]
         return [Send(msg.chat_guid, outcome.message())] if outcome.should_reply else []
 
-    def _event(self, msg: Message, self_chat: bool) -> Deliver:
+    # -- events ------------------------------------------------------------------------------------
+    @staticmethod
+    def _base_meta(msg: Message, self_chat: bool) -> dict[str, str]:
         assert msg.chat_guid is not None
         meta = {
             "chat_id": msg.chat_guid,
@@ -409,31 +476,212 @@ class InboundPipeline:
             "user": (msg.sender or "me") if msg.is_from_me else (msg.handle or "unknown"),
             "ts": iso_utc(msg.date),
         }
+        if self_chat:
+            meta["self_chat"] = "true"
+        return meta
+
+    def _event(self, msg: Message, self_chat: bool) -> Deliver:
+        """The channel event for a row the gate let through (see the module docstring for its shape)."""
+        meta = self._base_meta(msg, self_chat)
         content = msg.text
-        files = [a for a in msg.attachments if a.path and os.path.exists(a.path)]
-        if files:
-            images = [a for a in files if a.is_image]
-            if images:
-                meta["image_path"] = str(images[0].path)
-            meta["attachments"] = json.dumps([a.path for a in files], ensure_ascii=False)
-        if not content and msg.attachments:
-            content = "(" + ", ".join(f"{a.name} {a.mime_type or ''}".strip() for a in msg.attachments) + ")"
+        if msg.attachments:
+            labels = self._attachments(msg, self_chat, meta)
+            content = content or labels
         if msg.reply_to:
             meta["reply_to"] = msg.reply_to
+            content = f"↩ reply to {self._target(msg, msg.reply_to)}\n{content}"
         if msg.kind is Kind.EDIT:
             meta["edited"] = "true"
         if msg.tapback is not None:
-            target = self.db.message_by_guid(msg.tapback.target_guid)
-            quoted = f' "{first_words(target.text, 60)}"' if target and target.text else " a message"
-            verb = "removed" if msg.tapback.removed else "reacted"
-            content = f"{verb} {msg.tapback.emoji or msg.tapback.reaction} ({msg.tapback.reaction}) to{quoted}"
+            content = f"{reaction_phrase(msg.tapback)} {self._target(msg, msg.tapback.target_guid)}"
             meta["kind"] = "reaction"
             meta["reaction"] = msg.tapback.reaction
             meta["reaction_to"] = msg.tapback.target_guid
             if msg.tapback.removed:
                 meta["reaction_removed"] = "true"
-        if self_chat:
-            meta["self_chat"] = "true"
         if msg.rowid <= self.catchup_until:
             meta["catch_up"] = "true"
         return Deliver(content, meta, msg.rowid)
+
+    def _target(self, msg: Message, guid: str) -> str:
+        """`your message "Done: 3 files…"`: whose message `guid` is and its first words (one lookup by
+        the unique `message.guid`), or `a message` when it is not in chat.db."""
+        target = self.db.message_by_guid(guid)
+        quoted = quote_of(target) if target is not None else ""
+        return f'{whose_message(target, msg)} "{quoted}"' if quoted else whose_message(target, msg)
+
+    # -- attachments ---------------------------------------------------------------------------------
+    def _attachments(self, msg: Message, self_chat: bool, meta: dict[str, str]) -> str:
+        """Add the attachment meta of `msg` to `meta`, start watching its unfinished downloads, and
+        return its attachment labels (the content of a message without text), e.g.
+        `[attachment: IMG_1.heic image/heic] [attachment: IMG_2.heic image/heic, still downloading]`.
+
+        A file is delivered when it is on disk and finished (`transfer_state` 5) — or, for a row sent
+        from this Mac (`is_from_me`), simply on disk: the original is local. A finished file that is not
+        on disk (storage optimised away, deleted) is labelled `not on this Mac`."""
+        delivered: list[Prepared] = []
+        labels: list[str] = []
+        pending = 0
+        for att in msg.attachments:
+            label = attachment_label(att, audio_message=msg.is_audio_message)
+            on_disk = bool(att.path) and os.path.isfile(att.path or "")
+            if on_disk and (att.finished or msg.is_from_me):
+                ready = prepare(att, self.inbox)
+                if ready is not None:
+                    delivered.append(ready)
+                    labels.append(label)
+                else:
+                    labels.append(label[:-1] + ", unavailable]")
+            elif not att.finished:  # not there yet, or partly written
+                pending += 1
+                self._wait_for(att, msg, self_chat)
+                labels.append(label[:-1] + ", still downloading]")
+            else:
+                labels.append(label[:-1] + ", not on this Mac]")
+        _attachment_meta(meta, delivered, len(msg.attachments))
+        if pending:
+            meta["attachments_pending"] = str(pending)
+        if msg.is_audio_message or any(a.is_audio for a in msg.attachments):
+            meta["audio_message"] = "true"
+        if any(a.is_sticker for a in msg.attachments):
+            meta["sticker"] = "true"
+        return " ".join(labels)
+
+    def _wait_for(self, att: Attachment, msg: Message, self_chat: bool) -> None:
+        if self.dry_run:
+            return
+        if len(self._waiting) >= MAX_WAITING:
+            log.warning("%d downloads already watched; not waiting for %s of %s", MAX_WAITING, att.name, msg.guid)
+            return
+        self._waiting[att.rowid] = _Waiting(msg, self_chat, self.monotonic())
+
+    def _downloads(self) -> list[Action]:
+        """Follow-up events for watched attachments that finished downloading (one per message), with one
+        query over their ROWIDs; downloads watched longer than `ATTACHMENT_WAIT_S` are given up."""
+        if not self._waiting:
+            return []
+        now = self.monotonic()
+        for rowid, waiting in list(self._waiting.items()):
+            if now - waiting.since > ATTACHMENT_WAIT_S:
+                log.warning(
+                    "an attachment of message %s did not finish downloading in %.0f min; not waiting longer",
+                    waiting.message.guid,
+                    ATTACHMENT_WAIT_S / 60,
+                )
+                del self._waiting[rowid]
+        if not self._waiting:
+            return []
+        current = {a.rowid: a for a in self.db.attachments_by_rowid(self._waiting)}
+        finished: dict[str, tuple[_Waiting, list[Attachment]]] = {}
+        for rowid, waiting in list(self._waiting.items()):
+            att = current.get(rowid)
+            if att is None:  # the attachment row is gone (message deleted)
+                del self._waiting[rowid]
+            elif att.finished and att.path and os.path.isfile(att.path):
+                finished.setdefault(waiting.message.guid, (waiting, []))[1].append(att)
+                del self._waiting[rowid]
+        return [self._download_event(waiting, atts) for waiting, atts in finished.values()]
+
+    def _download_event(self, waiting: _Waiting, atts: list[Attachment]) -> Deliver:
+        """`kind="attachment"`: files of an earlier message (`message_id`) that finished downloading."""
+        msg = waiting.message
+        meta = self._base_meta(msg, waiting.self_chat)
+        meta["ts"] = iso_utc(self.now())
+        meta["kind"] = "attachment"
+        delivered = [p for a in atts if (p := prepare(a, self.inbox)) is not None]
+        _attachment_meta(meta, delivered, len(atts))
+        still = sum(1 for w in self._waiting.values() if w.message.guid == msg.guid)
+        if still:
+            meta["attachments_pending"] = str(still)
+        if msg.is_audio_message or any(a.is_audio for a in atts):
+            meta["audio_message"] = "true"
+        if any(a.is_sticker for a in atts):
+            meta["sticker"] = "true"
+        labels = " ".join(attachment_label(a, audio_message=msg.is_audio_message) for a in atts)
+        return Deliver(f"finished downloading for an earlier message: {labels}", meta)
+
+    # -- edits and unsends ---------------------------------------------------------------------------
+    def _track(self, msg: Message, event: Deliver) -> None:
+        """Watch a delivered message for edits and unsends until `EDIT_WINDOW` after its date."""
+        assert msg.chat_guid is not None
+        until = (msg.date or self.now()) + EDIT_WINDOW
+        if until <= self.now():
+            return
+        self._tracked[msg.rowid] = _Tracked(
+            guid=msg.guid,
+            chat_guid=msg.chat_guid,
+            user=event.meta["user"],
+            self_chat=event.meta.get("self_chat") == "true",
+            text=msg.text,
+            edited_ns=to_apple_ns(msg.date_edited) if msg.date_edited else 0,
+            until=until,
+        )
+        while len(self._tracked) > TRACK_LIMIT:
+            self._tracked.popitem(last=False)
+
+    def _edits(self) -> list[Action]:
+        """Edit and unsend events for tracked messages whose `date_edited` / `date_retracted` changed
+        (one query over their ROWIDs; the edited rows are then read in full, one more query)."""
+        now = self.now()
+        for rowid in [r for r, t in self._tracked.items() if t.until <= now]:
+            del self._tracked[rowid]
+        if not self._tracked:
+            return []
+        states = self.db.edit_states(self._tracked)
+        out: list[Action] = []
+        edited: dict[int, int] = {}
+        for rowid, tracked in list(self._tracked.items()):
+            state = states.get(rowid)
+            if state is None or state[0] != tracked.guid:  # deleted, or not the same row any more
+                del self._tracked[rowid]
+                continue
+            _guid, edited_ns, retracted_ns = state
+            if retracted_ns:
+                del self._tracked[rowid]
+                out.append(self._unsend_event(tracked, retracted_ns))
+            elif edited_ns and edited_ns != tracked.edited_ns:
+                edited[rowid] = edited_ns
+        for msg in self.db.messages_by_rowid(edited) if edited else []:
+            tracked = self._tracked[msg.rowid]
+            tracked.edited_ns = edited[msg.rowid]
+            if not msg.text or msg.text == tracked.text:
+                continue
+            tracked.text = msg.text
+            meta = {
+                "chat_id": tracked.chat_guid,
+                "message_id": tracked.guid,
+                "user": tracked.user,
+                "ts": iso_utc(from_apple(edited[msg.rowid])),
+                "kind": "edit",
+                "edited_from": tracked.guid,
+            }
+            if tracked.self_chat:
+                meta["self_chat"] = "true"
+            out.append(Deliver(msg.text, meta))
+        return out
+
+    @staticmethod
+    def _unsend_event(tracked: _Tracked, retracted_ns: int) -> Deliver:
+        """`kind="unsend"`: the sender took back a message Claude received; quote its first words."""
+        meta = {
+            "chat_id": tracked.chat_guid,
+            "message_id": tracked.guid,
+            "user": tracked.user,
+            "ts": iso_utc(from_apple(retracted_ns)),
+            "kind": "unsend",
+        }
+        if tracked.self_chat:
+            meta["self_chat"] = "true"
+        quoted = f' "{first_words(tracked.text, 60)}"' if tracked.text else ""
+        return Deliver(f"unsent their message{quoted}; disregard it", meta)
+
+
+def _attachment_meta(meta: dict[str, str], delivered: list[Prepared], count: int) -> None:
+    """`attachment_count`, `attachments` (JSON of `Prepared.as_json`) and `image_path` (first image)."""
+    if count:
+        meta["attachment_count"] = str(count)
+    if delivered:
+        meta["attachments"] = json.dumps([p.as_json() for p in delivered], ensure_ascii=False)
+        image = next((p for p in delivered if p.is_image), None)
+        if image is not None:
+            meta["image_path"] = image.path

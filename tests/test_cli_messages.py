@@ -91,7 +91,7 @@ def test_tapbacks_show_as_reactions_not_texts(fixture_db, capsys):
     path, guids = fixture_db
     code, out, _err = run_cli(capsys, "--db", str(path))
     assert code == 0
-    assert 'me (tapback): ❤️ love "Dinner at 8?"' in out
+    assert 'me (tapback): ❤️ loved "Dinner at 8?"' in out
     assert "Loved" not in out
 
     code, out, _err = run_cli(capsys, "--db", str(path), "--json")

@@ -76,7 +76,7 @@ def test_each_kind_of_row_gets_its_decision(rig: Rig) -> None:
         ("deliver", "self-chat"),
         ("drop", "self-chat-copy"),
     ]
-    assert [a.content for a in actions] == ["hello", 'reacted 😂 (laugh) to "hello"', "note"]
+    assert [a.content for a in actions] == ["hello", '😂 laughed at their own message "hello"', "note"]
     assert rig.pipe.watermark == rig.db.max_rowid()
 
 

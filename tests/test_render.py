@@ -187,13 +187,13 @@ def tapback(reaction: str, emoji: str, *, removed: bool = False, target: str = T
     [
         (
             msg("Loved “Dinner at 8?”", kind=Kind.TAPBACK, tapback=tapback("love", "❤️")),
-            f'❤️ love "Dinner at 8?{NEWLINE_MARK}Bring wine"',
+            f'❤️ loved "Dinner at 8?{NEWLINE_MARK}Bring wine"',
         ),
-        (msg("Reacted 🔥", kind=Kind.TAPBACK, tapback=tapback("emoji", "🔥")), '🔥 emoji "Dinner at 8?'),
-        (msg("Liked a message", kind=Kind.TAPBACK, tapback=tapback("like", "👍", target="GONE")), "👍 like a message"),
+        (msg("Reacted 🔥", kind=Kind.TAPBACK, tapback=tapback("emoji", "🔥")), 'reacted 🔥 to "Dinner at 8?'),
+        (msg("Liked a message", kind=Kind.TAPBACK, tapback=tapback("like", "👍", target="GONE")), "👍 liked a message"),
         (
             msg("Removed a like", kind=Kind.TAPBACK_REMOVAL, tapback=tapback("like", "👍", removed=True)),
-            'removed like from "Dinner at 8?',
+            'removed 👍 from "Dinner at 8?',
         ),
         (msg("Sure", kind=Kind.REPLY, reply_to=TARGET_GUID), '↩ reply to "Dinner at 8?'),
         (msg("See you at 8", kind=Kind.EDIT, edit_history=("See you at 7",)), "See you at 8 (edited)"),
@@ -247,5 +247,5 @@ def test_conversation_shows_kinds_and_never_the_tapback_text():
         show_kind=True,
     )
     assert lines[0].startswith('== Group "Trip"')
-    assert lines[3].startswith(f'[09:30] {FRIEND} (tapback): ❤️ love "Dinner at 8?')
+    assert lines[3].startswith(f'[09:30] {FRIEND} (tapback): ❤️ loved "Dinner at 8?')
     assert "Loved" not in "\n".join(lines)

@@ -205,15 +205,22 @@ def test_attachments_surface_as_image_path_and_attachments_list(world: World) ->
         ],
     )
     meta = world.server.wait_event(lambda e: e["content"] == "look")["meta"]
-    paths = json.loads(meta["attachments"])
-    assert [Path(p).name for p in paths] == ["notes.pdf", "IMG_1.jpg"]
-    assert meta["image_path"] == paths[1] and Path(meta["image_path"]).exists()
+    files = json.loads(meta["attachments"])
+    assert [(f["name"], f["mime"], f["size"]) for f in files] == [
+        ("notes.pdf", "application/pdf", 8),
+        ("IMG_1.jpg", "image/jpeg", 3),
+    ]
+    assert [Path(f["path"]).name for f in files] == ["notes.pdf", "IMG_1.jpg"]
+    assert meta["image_path"] == files[1]["path"] and Path(meta["image_path"]).exists()
+    assert meta["attachment_count"] == "2"
 
 
 def test_inline_reply_carries_reply_to(world: World) -> None:
     original = world.sim.send(world.friend, "Shall I book it?")
     world.sim.receive(world.friend, FRIEND, "yes please", reply_to=original.guid)
-    assert world.server.wait_event(lambda e: e["content"] == "yes please")["meta"]["reply_to"] == original.guid
+    event = world.server.wait_event(lambda e: e["content"].endswith("yes please"))
+    assert event["meta"]["reply_to"] == original.guid
+    assert event["content"] == '↩ reply to your message "Shall I book it?"\nyes please'
 
 
 def test_rows_written_before_initialized_wait_for_it(tmp_path: Path) -> None:

@@ -122,7 +122,7 @@ def test_a_line_shows_time_rowid_chat_sender_kind_and_a_preview(stream, capsys):
     fields = lines[rows["friend"]].split("  ")
     assert fields[2:6] == [f"iMessage;-;{FRIEND}", FRIEND, "text", '"Dinner at 8?"']
     assert lines[rows["self"]].split("  ")[3] == "me"
-    assert '"❤️ love "Dinner at 8?""' in lines[rows["tapback"]]
+    assert '"❤️ loved "Dinner at 8?""' in lines[rows["tapback"]]
 
 
 def test_last_n_shows_only_the_newest_rows(stream, capsys):
