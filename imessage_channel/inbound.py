@@ -3,15 +3,22 @@
 Owns the step between the reader and the MCP session: for every row past the watermark it decides,
 in this order (design §2, §5):
 
-1. *pieces*: a row with no `chat_message_join` yet holds the watermark for `JOIN_GRACE_S`, then is
-   skipped with a log (a reader that moved past it would lose the message for good);
+1. *pieces*: a row with no `chat_message_join` (or whose attributedBody names file transfers not yet
+   joined) holds the watermark for `JOIN_GRACE_S`, then goes on with a log (a reader that moved past
+   it would lose the message for good);
 2. *kind*: receipts, group events and rows already unsent are never delivered;
-3. *echo*: our own sends coming back (`EchoFilter`) are dropped;
-4. *self-chat twins*: a text typed on the phone to oneself exists twice (sent and received copy);
+3. *already delivered*: GUIDs in the delivery ledger's seen-set (a crash between push and commit);
+4. *age*: rows that arrived while the server was down are delivered only when dated within the
+   catch-up window; newer rows dated `BACKFILL_THRESHOLD` before the newest delivered message (or the
+   start) are iCloud backfill, counted and logged once per storm;
+5. *echo*: our own sends coming back (`EchoFilter`) are dropped;
+6. *self-chat twins*: a text typed on the phone to oneself exists twice (sent and received copy);
    the second copy is dropped;
-5. *permission replies*: in self-chat only, `yes abcde` / `no abcde` answering a relayed request
-   becomes a verdict plus an acknowledgement, not a chat message;
-6. *the gate* (`gate.decide`): deliver, drop, or answer with a pairing code.
+7. *permission replies*: in self-chat over iMessage only, `yes abcde` / `no abcde` answering a relayed
+   request becomes a verdict plus an acknowledgement, not a chat message;
+8. *the gate* (`gate.decide`): deliver, drop, or answer with a pairing code;
+9. *iCloud duplicates*: a delivery whose sender, chat and text match one within `DUPLICATE_WINDOW`
+   under another GUID is dropped.
 
 `poll()` returns `Action`s — `Deliver`, `PermissionVerdict`, `Send` — and the decisions it took (for
 logs and `imessage-channel watch`). It performs no MCP or AppleScript I/O itself: the server executes
