@@ -520,7 +520,7 @@ def draw_chart(path: Path, series: list[tuple[str, str, list[float]]]) -> None:
         ax.axvline(ms, color="grey", linestyle=":", linewidth=1)
         ax.text(ms * 1.05, 0.03, f"{label} target {ms:.0f} ms", color="grey", fontsize=8, rotation=90, va="bottom")
     ax.set_xscale("log")
-    ax.set_xlim(1, 2000)
+    ax.set_xlim(0.5, 2000)
     ax.set_ylim(0, 1.005)
     ax.set_xlabel("commit → notifications/claude/channel received (ms, log scale)")
     ax.set_ylabel("fraction of messages delivered")
