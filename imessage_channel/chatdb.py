@@ -386,6 +386,8 @@ class ChatDB:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._ino = 0
+        self._handles: dict[str, list[int]] = {}
+        self._handles_key: tuple[int, int] | None = None
         with self._lock:
             self._connect_locked()
 
@@ -733,8 +735,7 @@ class ChatDB:
 
         `handle` is small (one row per address and service), so normalising it in Python is cheap;
         the chat lookup then uses the `chat_handle_join_idx_handle_id` index."""
-        want = normalize_handle(handle)
-        ids = [hid for hid, hval in self._query("SELECT ROWID, id FROM handle") if normalize_handle(hval) == want]
+        ids = self._handle_index().get(normalize_handle(handle), [])
         if not ids:
             return []
         marks = ",".join("?" * len(ids))
@@ -745,6 +746,30 @@ class ChatDB:
             (*ids, limit),
         )
         return [Chat(*r) for r in rows]
+
+    def _handle_index(self) -> dict[str, list[int]]:
+        """normalised handle → `handle` ROWIDs, rebuilt only when the table changed (its row count or
+        highest ROWID moved): `chats_of_handle` is called once per allowed handle per history read."""
+        (key,) = self._query("SELECT COUNT(*), COALESCE(MAX(ROWID), 0) FROM handle")
+        if self._handles_key != key:
+            index: dict[str, list[int]] = {}
+            for hid, value in self._query("SELECT ROWID, id FROM handle"):
+                index.setdefault(normalize_handle(str(value)), []).append(int(hid))
+            self._handles, self._handles_key = index, key
+        return self._handles
+
+    def text_of(self, guid: str) -> str | None:
+        """The text of the message with this GUID (from `text`, else the decoded attributedBody,
+        placeholders removed), or None. Reads two columns only: for quoting reply and tapback targets."""
+        body = "attributedBody" if "attributedBody" in self._columns else "NULL"
+        rows = self._query(f"SELECT text, {body} FROM message WHERE guid = ?", (guid,))
+        if not rows:
+            return None
+        text, blob = rows[0]
+        if not text and blob:
+            decoded = decode_attributed_body(bytes(blob))
+            text = decoded.text if decoded else None
+        return clean_text(text)
 
     def owner_handles(self, scan_rows: int = OWNER_SCAN_ROWS) -> frozenset[str]:
         """The owner's own addresses, normalised (design §5).

@@ -67,10 +67,6 @@ def cmd_messages(args: argparse.Namespace) -> int:
             print("No messages." if not args.chat else f"No messages in {args.chat}.")
             return 0
 
-        def quote(guid: str) -> str | None:
-            target = db.message_by_guid(guid)
-            return target.text if target else None
-
         blocks: list[tuple[str | None, list[Message]]] = []
         for msg in msgs:
             if not blocks or blocks[-1][0] != msg.chat_guid:
@@ -84,7 +80,7 @@ def cmd_messages(args: argparse.Namespace) -> int:
                 continue
             out.append(
                 render_conversation(
-                    chat, db.participants(guid), chunk, quote=quote, include_receipts=True, show_kind=True
+                    chat, db.participants(guid), chunk, quote=db.text_of, include_receipts=True, show_kind=True
                 )
             )
         print("\n\n".join(out))

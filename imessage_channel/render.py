@@ -34,6 +34,8 @@ REACTION_VERBS = {
 def one_line(text: str) -> str:
     """Collapse `text` onto one line: line breaks → ` ⏎ `, other control/format characters that
     could move the cursor or hide text (C0/C1 controls, bidi overrides) → `\\uXXXX` escapes."""
+    if text.isprintable():  # no line break, control or format character: nothing to do (the common case)
+        return text
     out: list[str] = []
     for line_no, line in enumerate(text.splitlines()):
         if line_no:

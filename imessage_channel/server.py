@@ -501,17 +501,13 @@ class Channel:
         if not guids:
             return _ok("No chats yet: text yourself, or allow someone with `imessage-channel access allow <handle>`.")
 
-        def quote(target: str) -> str | None:
-            msg = self.db.message_by_guid(target)
-            return msg.text if msg else None
-
         blocks = []
         for g in guids:
             chat = self.db.chat(g)
             if chat is None:
                 continue
             msgs = self.db.last_messages(g, limit)
-            blocks.append(render_conversation(chat, self.db.participants(g), msgs, quote=quote))
+            blocks.append(render_conversation(chat, self.db.participants(g), msgs, quote=self.db.text_of))
         return _ok("\n\n".join(blocks) if blocks else "No messages.")
 
     # -- delivery ----------------------------------------------------------------------------------
