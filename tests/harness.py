@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from imessage_channel.simulator import MessagesSimulator
+
 FAKES_BIN = Path(__file__).resolve().parent / "fakes" / "bin"
 CHANNEL = "notifications/claude/channel"
 PERMISSION = "notifications/claude/channel/permission"
@@ -230,3 +232,11 @@ class ServerProcess:
         return self._wait(
             lambda: len(calls := self.osascript_calls()) >= count and calls, timeout, f"{count} osascript calls"
         )
+
+
+def sentinel(server: ServerProcess, sim: MessagesSimulator, n: int) -> dict[str, Any]:
+    """Write the self-chat text `sentinel <n>`, typed on the Mac, and wait for its event. Events arrive
+    in ROWID order, so once it is here nothing written before it is still on its way (module docstring)."""
+    text = f"sentinel {n}"
+    sim.text_self(text, typed_on="mac")
+    return server.wait_event(lambda e: e["content"] == text)

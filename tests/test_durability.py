@@ -20,7 +20,7 @@ import pytest
 from fixtures.chatdb_builder import create_chatdb
 from imessage_channel.sender import text_parts
 from imessage_channel.simulator import AttachmentSpec, MessagesSimulator, register_trigger_stubs
-from tests.harness import ServerProcess
+from tests.harness import ServerProcess, sentinel
 
 OWNER = "owner@example.com"
 FRIEND = "friend@example.com"
@@ -52,9 +52,7 @@ class Rig:
 
     def sentinel(self, server: ServerProcess) -> None:
         self.sentinels += 1
-        text = f"sentinel {self.sentinels}"
-        self.sim.text_self(text, typed_on="mac")
-        server.wait_event(lambda e: e["content"] == text)
+        sentinel(server, self.sim, self.sentinels)
 
     def close(self) -> None:
         for server in self.servers:

@@ -30,7 +30,7 @@ from imessage_channel.inbound import (
 from imessage_channel.media import image_dimensions
 from imessage_channel.server import reply_signature
 from imessage_channel.simulator import AttachmentSpec, MessagesSimulator
-from tests.harness import FAKES_BIN, PERMISSION, ServerProcess
+from tests.harness import FAKES_BIN, PERMISSION, ServerProcess, sentinel
 from tests.test_media import heic_bytes
 
 OWNER = "owner@example.com"
@@ -60,12 +60,8 @@ class World:
         self._sentinels = 0
 
     def sentinel(self) -> dict:
-        """A self-chat text typed on the Mac; events arrive in ROWID order, so waiting for it proves
-        nothing written before it is still on its way (tests/harness.py)."""
         self._sentinels += 1
-        text = f"sentinel {self._sentinels}"
-        self.sim.text_self(text, typed_on="mac")
-        return self.server.wait_event(lambda e: e["content"] == text)
+        return sentinel(self.server, self.sim, self._sentinels)
 
     def kinds(self) -> list[str | None]:
         return [e["meta"].get("kind") for e in self.server.events()]

@@ -19,7 +19,7 @@ from mcp.client.stdio import StdioServerParameters
 
 from fixtures.chatdb_builder import create_chatdb
 from imessage_channel.simulator import AttachmentSpec, MessagesSimulator
-from tests.harness import PERMISSION, ServerProcess
+from tests.harness import PERMISSION, ServerProcess, sentinel
 
 OWNER = "owner@example.com"
 OWNER_PHONE = "+15555550100"
@@ -49,11 +49,8 @@ class World:
         self._sentinels = 0
 
     def sentinel(self) -> dict:
-        """Write a self-chat text typed on the Mac and wait for its event (see harness docstring)."""
         self._sentinels += 1
-        text = f"sentinel {self._sentinels}"
-        self.sim.text_self(text, typed_on="mac")
-        return self.server.wait_event(lambda e: e["content"] == text)
+        return sentinel(self.server, self.sim, self._sentinels)
 
     def contents(self) -> list[str]:
         return [e["content"] for e in self.server.events()]
@@ -453,7 +450,7 @@ def test_exits_when_its_parent_dies(tmp_path: Path) -> None:
         " stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)\n"
         "while 'reading' not in p.stderr.readline(): pass\n"  # the server is up and has noted its parent
         "print(p.pid, flush=True)\n"
-        "time.sleep(3600)\n"
+        "time.sleep(3600)\n"  # ok-sleep: the parent just waits to be killed
     )
     parent = subprocess.Popen(
         [sys.executable, "-c", parent_code, str(read_end)], stdout=subprocess.PIPE, env=env, pass_fds=(read_end,)
