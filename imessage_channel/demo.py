@@ -9,7 +9,8 @@ Owns the demo script and nothing else. It:
    declares `experimental.claude/channel`;
 4. writes a self-chat text into the copy as Messages would (`MessagesSimulator`), and prints the
    channel event it received with the measured commit → notification latency;
-5. calls the `reply` tool with the event's `chat_id` and prints what AppleScript would have run.
+5. calls the `reply` tool with the event's `chat_id`, writes the reply back into the copy as Messages
+   does (it must not come back to Claude: the echo filter), and prints what AppleScript would have run.
 """
 
 from __future__ import annotations
@@ -122,8 +123,17 @@ async def _run(work: Path, out: Any) -> int:
         result = await session.call_tool("reply", {"chat_id": chat_id, "text": REPLY_TEXT})
         text = " ".join(getattr(c, "text", "") for c in result.content)
         print(f"   tool result: {text}{' (error)' if result.is_error else ''}\n", file=out)
-        await anyio.sleep(0.3)  # the echo of our own send comes back as a row: it must not be re-delivered
+        # On a Mac, Messages writes the sent reply back into chat.db (in self-chat as a sent and a
+        # received copy). Simulate that: the echo filter must keep it from coming back to Claude.
+        with MessagesSimulator(db, owner="owner@example.com", owner_phone="+15555550100") as sim:
+            sim.text_self(f"{REPLY_TEXT}\nSent by Claude")
+        await anyio.sleep(0.5)  # long enough for a wrongly delivered echo to arrive (it takes ~5 ms)
         extra = len(events) - 1
+        print(
+            f"   Messages writes the reply back into chat.db (sent + received copy): "
+            f"{'dropped as our own echo ✓' if extra == 0 else f'{extra} re-delivered ✗'}\n",
+            file=out,
+        )
     calls = [json.loads(line) for line in record.read_text(encoding="utf-8").splitlines()] if record.exists() else []
     print("5. what AppleScript was asked to run (on a Mac, this sends the iMessage):", file=out)
     for call in calls:
