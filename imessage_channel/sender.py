@@ -596,6 +596,15 @@ class Sender:
         Every file is checked before anything is sent (see `check_file`). Staged copies older
         than `DEFAULT_STAGE_TTL` are cleaned up first.
 
+        Raises `SendError` as `send_parts` does.
+        """
+        return self.send_parts(chat_guid, text_parts(text, chunk_limit, chunk_mode, signature), files)
+
+    def send_parts(self, chat_guid: str, texts: Sequence[str], files: Sequence[str] = ()) -> SendResult:
+        """Send `texts` exactly as given (already chunked and signed: see `text_parts`), then each of
+        `files`, in order. Callers that must know the parts before sending (the echo filter, the
+        outbox) compute them once and call this.
+
         Raises `SendError`: nothing to send, an invalid chat id, a refused file (`sent_parts` 0),
         or part k of N failing: "sent k-1 of N parts; part k failed: …" with `sent_parts` = k-1.
         """
@@ -604,7 +613,6 @@ class Sender:
             if not chat_guid.strip() or "\x00" in chat_guid:
                 raise SendError(f"invalid chat id {chat_guid!r}")
             paths = [self.check_file(f) for f in files]
-            texts = text_parts(text, chunk_limit, chunk_mode, signature)
             parts = [_Part(t) for t in texts] + [_Part("", p) for p in paths]
             if not parts:
                 raise SendError("nothing to send: the text is empty and no files were given")

@@ -29,7 +29,6 @@ import signal
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +63,6 @@ from .outbox import RETRY_FOR_S, Outbox, Queued
 from .render import first_words, render_conversation
 from .sender import (
     DEFAULT_SIGNATURE,
-    MAX_CHUNK_LIMIT,
     OsascriptBackend,
     Sender,
     SendError,
@@ -429,12 +427,7 @@ class Channel:
         for part in parts:
             self.echo.record(chat_id, part, self_chat=self_chat)
         try:
-            result = await anyio.to_thread.run_sync(
-                partial(self.sender.send, chunk_limit=limit, chunk_mode=mode, signature=signature),
-                chat_id,
-                text,
-                files,
-            )
+            result = await anyio.to_thread.run_sync(self.sender.send_parts, chat_id, parts, files)
         except SendError as exc:
             if not exc.transient:
                 return _error(str(exc))
@@ -463,13 +456,11 @@ class Channel:
     async def _retry(self, entry: Queued) -> None:
         self_chat = self._is_self(entry.chat_guid)
         while not entry.empty:
-            text, files = (entry.parts[0], []) if entry.parts else ("", [entry.files[0]])
-            if text:
+            texts, files = (entry.parts[:1], []) if entry.parts else ([], entry.files[:1])
+            for text in texts:
                 self.echo.record(entry.chat_guid, text, self_chat=self_chat)
             try:
-                await anyio.to_thread.run_sync(
-                    partial(self.sender.send, chunk_limit=MAX_CHUNK_LIMIT, signature=None), entry.chat_guid, text, files
-                )
+                await anyio.to_thread.run_sync(self.sender.send_parts, entry.chat_guid, texts, files)
             except SendError as exc:
                 if exc.transient and self.outbox.retry_later(entry, exc.message):
                     log.info("outbox: %s still failing (%s); retry %d", entry.chat_guid, exc.message, entry.attempts)
