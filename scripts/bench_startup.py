@@ -44,9 +44,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import bench_owner
 from bench_latency import OWNER, Target, peak_rss_mib, prepare_db, spawn_server, write_one
 
-from imessage_channel.chatdb import ChatDB
 from imessage_channel.simulator import MessagesSimulator
 
 DEFAULT_DB = Path("/tmp/big/chat.db")
@@ -79,19 +79,9 @@ def pick_contacts(db: Path, count: int, seed: int) -> list[str]:
 
 
 def owner_detection(db: Path, runs: int) -> dict[str, Any]:
-    """Median ms of `ChatDB(path)` and of `owner_handles()` over `runs` fresh connections."""
-    opens: list[float] = []
-    owners: list[float] = []
-    found: frozenset[str] = frozenset()
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        chatdb = ChatDB(db)
-        t1 = time.perf_counter()
-        found = chatdb.owner_handles()
-        t2 = time.perf_counter()
-        chatdb.close()
-        opens.append((t1 - t0) * 1000)
-        owners.append((t2 - t1) * 1000)
+    """Median ms of `ChatDB(path)` and of `owner_handles()` over `runs` fresh connections
+    (`bench_owner.bench_startup` does the timing)."""
+    opens, owners, found = bench_owner.bench_startup(db, runs)
     return {"open_ms": statistics.median(opens), "owner_ms": statistics.median(owners), "owner": sorted(found)}
 
 
