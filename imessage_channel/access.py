@@ -54,6 +54,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from imessage_channel.clock import SYSTEM, Clock
 from imessage_channel.handles import normalize_handle
 
 log = logging.getLogger("imessage_channel.access")
@@ -552,8 +553,9 @@ class AccessStore:
     version; the gate skips them.
     """
 
-    def __init__(self, state: Path, *, static: bool = False) -> None:
+    def __init__(self, state: Path, *, static: bool = False, clock: Clock = SYSTEM) -> None:
         self.state_dir = state
+        self.clock = clock
         self.path = state / ACCESS_FILE
         self.static = static
         self._cached: tuple[_StatKey | None, Access] | None = None
@@ -623,14 +625,14 @@ class AccessStore:
             if not holding_lock:
                 stack.enter_context(locked(self.state_dir))
             if _stat_key(self.path) == key:
-                aside = _move_aside(self.path)
+                aside = _move_aside(self.path, self.clock.now())
                 log.warning("access.json is corrupt (%s); moved aside to %s, using defaults", exc, aside.name)
 
 
-def _move_aside(path: Path) -> Path:
+def _move_aside(path: Path, now: datetime) -> Path:
     """Rename `path` to `<name>.corrupt-<UTC YYYYmmddTHHMMSSZ>[-N]`, never replacing an existing file
     (a hard link fails rather than overwrite; where links are unsupported, check then rename)."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     for n in itertools.count():
         aside = path.with_name(f"{path.name}.corrupt-{stamp}" + (f"-{n}" if n else ""))
         try:

@@ -31,7 +31,7 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from . import access as access_mod
@@ -47,6 +47,7 @@ from .access import (
     state_dir,
     static_mode,
 )
+from .clock import SYSTEM
 from .handles import is_email, normalize_handle
 
 SET_KEYS = ("textChunkLimit", "chunkMode", "mentionPatterns", "appendSignature")
@@ -202,7 +203,7 @@ def _group_key(access: Access, guid: str) -> str | None:
 
 
 def _now() -> datetime:
-    return datetime.now(UTC)
+    return SYSTEM.now()
 
 
 def _ms(now: datetime) -> int:

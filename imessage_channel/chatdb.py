@@ -386,6 +386,9 @@ class ChatDB:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._ino = 0
+        self.generation = 0
+        """Counts the connections opened: it changes whenever `refresh` (from any caller) reopened the file,
+        so a reader that keeps per-file state (ROWIDs it watches) can tell it now reads another file."""
         self._handles: dict[str, list[int]] = {}
         self._handles_key: tuple[int, int] | None = None
         with self._lock:
@@ -414,6 +417,7 @@ class ChatDB:
                 f"Cannot read the Messages database at {self.path} ({exc}). " + FULL_DISK_ACCESS_HELP
             ) from exc
         self._conn, self._ino = conn, st.st_ino
+        self.generation += 1
         self._columns = self._probe_locked("message")
         self._attachment_columns = self._probe_locked("attachment")
         self._select = self._build_select()
@@ -426,8 +430,10 @@ class ChatDB:
 
     def refresh(self) -> bool:
         """Reopen when chat.db was replaced (a new inode: Messages rebuilt or restored it) or a previous
-        error closed the connection. Returns True when it reopened. Raises `ChatDBError` when the file
-        is gone or unreadable; the next call tries again."""
+        error closed the connection. Returns True when it reopened (`generation` then changed). Raises
+        `ChatDBError` when the file is gone or unreadable; the next call tries again. Costs one `stat`:
+        the delivery loop calls it before each read and the tools before each call, so both always read
+        the same file."""
         with self._lock:
             try:
                 ino = self.path.stat().st_ino

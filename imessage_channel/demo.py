@@ -68,7 +68,8 @@ async def _run(work: Path, out: Any) -> int:
     stand_in.write_text(STAND_IN.format(python=sys.executable), encoding="utf-8")
     stand_in.chmod(0o755)
     record = work / "applescript-calls.jsonl"
-    env = {
+    # The server inherits the environment (as under Claude Code) but none of the user's IMESSAGE_* settings.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMESSAGE_")} | {
         "IMESSAGE_DB_PATH": str(db),
         "IMESSAGE_STATE_DIR": str(work / "state"),
         "IMESSAGE_APPLESCRIPT_BACKEND": "osascript",

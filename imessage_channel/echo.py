@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from .clock import SYSTEM
 
 ECHO_WINDOW_S = 60.0
 """How long a sent text is recognised as an echo. Messages writes the sent row within a second and
@@ -50,11 +51,11 @@ class _Sent:
 
 class EchoFilter:
     """Thread-safe memory of recently sent texts. `clock` returns monotonic seconds (default
-    `time.monotonic`, looked up at each call so tests can freeze it)."""
+    `clock.SYSTEM.monotonic`, which reads the system clock at each call, so freezegun freezes it)."""
 
     def __init__(self, window: float = ECHO_WINDOW_S, clock: Callable[[], float] | None = None) -> None:
         self.window = window
-        self.clock = clock or (lambda: time.monotonic())
+        self.clock = clock or SYSTEM.monotonic
         self._sent: dict[tuple[str, str], _Sent] = {}
         self._lock = threading.Lock()
 

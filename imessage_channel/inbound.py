@@ -50,9 +50,7 @@ import logging
 import os
 import re
 import threading
-import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -60,6 +58,7 @@ from . import access as access_mod
 from .access import AccessStore
 from .appletime import from_apple, to_apple_ns
 from .chatdb import Attachment, ChatDB, Kind, Message, is_self_chat
+from .clock import SYSTEM, Clock
 from .delivery import RECENT_LIMIT, DeliveryLedger
 from .echo import EchoFilter, conversation_key, normalize_text
 from .gate import IMESSAGE_SERVICES, Inbound, Verdict, decide
@@ -174,9 +173,9 @@ class PendingPermissions:
             return False
 
 
-def iso_utc(when: datetime | None) -> str:
-    """`2026-11-24T10:02:03.123Z` (the official plugin's `Date.toISOString()` form)."""
-    when = (when or datetime.now(UTC)).astimezone(UTC)
+def iso_utc(when: datetime) -> str:
+    """`2026-11-24T10:02:03.123Z` (the official plugin's `Date.toISOString()` form) of an aware datetime."""
+    when = when.astimezone(UTC)
     return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
 
@@ -219,8 +218,9 @@ class InboundPipeline:
     `imessage-channel watch`; `ledger`: the persisted seen-set (see `delivery`); `catchup_until` /
     `catchup_since`: rows up to that ROWID arrived while the server was down and are delivered only
     when dated since then; `newest_date`: newest delivered message (backfill reference); `inbox`:
-    where images are converted for Claude (None: attachments are delivered as they are); `now`:
-    aware-UTC clock (freezegun-friendly); `monotonic`: for grace periods and download waits. Not
+    where images are converted for Claude (None: attachments are delivered as they are); `clock`:
+    the one clock (`clock.Clock`: ages and event times from `now()`, grace periods and download waits
+    from `monotonic()`). Not
     thread-safe: one thread polls (it may run `sips`, so never the event loop's).
     """
 
@@ -238,8 +238,7 @@ class InboundPipeline:
     newest_date: datetime | None = None
     started: datetime | None = None
     inbox: Inbox | None = None
-    now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
-    monotonic: Callable[[], float] = time.monotonic
+    clock: Clock = SYSTEM
     _self: dict[str, bool] = field(default_factory=dict)
     _recent_self: deque[_Recent] = field(default_factory=lambda: deque(maxlen=64))
     _held_since: dict[int, float] = field(default_factory=dict)
@@ -250,10 +249,11 @@ class InboundPipeline:
     _storm: int = 0
     _tracked: OrderedDict[int, _Tracked] = field(default_factory=OrderedDict)
     _waiting: dict[int, _Waiting] = field(default_factory=dict)
+    _generation: int | None = None
 
     def __post_init__(self) -> None:
         if self.started is None:
-            self.started = self.now()
+            self.started = self.clock.now()
 
     # -- chats ---------------------------------------------------------------------------------
     def is_self_chat(self, chat_guid: str) -> bool:
@@ -274,7 +274,10 @@ class InboundPipeline:
         reopened (follow-ups pending on the old one are dropped: its ROWIDs may mean other rows now);
         a watermark above `MAX(ROWID)` (rows renumbered by a rebuild) is re-anchored by date. Raises
         `ChatDBError` when chat.db cannot be read (the caller logs and retries)."""
-        if self.db.refresh():
+        self.db.refresh()
+        reopened = self._generation is not None and self.db.generation != self._generation
+        self._generation = self.db.generation
+        if reopened:  # here or by a tool call
             log.warning("chat.db was replaced; reopened it")
             self._anchor_checked = False
             self._tracked.clear()
@@ -292,8 +295,8 @@ class InboundPipeline:
             if pending is None and msg.attachments_pending and msg.kind in (Kind.TEXT, Kind.REPLY, Kind.EDIT):
                 pending = "waiting-for-attachments"
             if pending:
-                first = self._held_since.setdefault(msg.rowid, self.monotonic())
-                if self.monotonic() - first < JOIN_GRACE_S:
+                first = self._held_since.setdefault(msg.rowid, self.clock.monotonic())
+                if self.clock.monotonic() - first < JOIN_GRACE_S:
                     decisions.append(RowDecision(msg, "hold", pending))
                     break
                 log.warning("message ROWID %d still %s after %.1f s; going on", msg.rowid, pending, JOIN_GRACE_S)
@@ -322,7 +325,7 @@ class InboundPipeline:
         row dated after the newest delivered message (minus `BACKFILL_THRESHOLD`); GUIDs already
         delivered are still recognised by the ledger."""
         top = self.db.max_rowid()
-        since = (self.newest_date or self.started or self.now()) - BACKFILL_THRESHOLD
+        since = (self.newest_date or self.started or self.clock.now()) - BACKFILL_THRESHOLD
         first = self.db.first_rowid_since(to_apple_ns(since))
         new = (first - 1) if first is not None else top
         log.warning(
@@ -441,7 +444,7 @@ class InboundPipeline:
     def _is_twin(self, msg: Message) -> bool:
         """Self-chat: is `msg` the other copy of a text already seen (opposite `is_from_me`)?"""
         text = normalize_text(msg.text)
-        when = msg.date or self.now()
+        when = msg.date or self.clock.now()
         for seen in self._recent_self:
             if (
                 not seen.paired
@@ -461,7 +464,7 @@ class InboundPipeline:
         outcome_box: list[access_mod.PairingOutcome] = []
 
         def step(acc: access_mod.Access) -> access_mod.Access:
-            new, outcome = access_mod.issue_pairing_code(acc, msg.handle or "", msg.chat_guid or "", self.now())
+            new, outcome = access_mod.issue_pairing_code(acc, msg.handle or "", msg.chat_guid or "", self.clock.now())
             outcome_box.append(outcome)
             return new
 
@@ -474,14 +477,13 @@ class InboundPipeline:
         return [Send(msg.chat_guid, outcome.message())] if outcome.should_reply else []
 
     # -- events ------------------------------------------------------------------------------------
-    @staticmethod
-    def _base_meta(msg: Message, self_chat: bool) -> dict[str, str]:
+    def _base_meta(self, msg: Message, self_chat: bool) -> dict[str, str]:
         assert msg.chat_guid is not None
         meta = {
             "chat_id": msg.chat_guid,
             "message_id": msg.guid,
             "user": (msg.sender or "me") if msg.is_from_me else (msg.handle or "unknown"),
-            "ts": iso_utc(msg.date),
+            "ts": iso_utc(msg.date or self.clock.now()),
         }
         if self_chat:
             meta["self_chat"] = "true"
@@ -560,14 +562,14 @@ class InboundPipeline:
         if len(self._waiting) >= MAX_WAITING:
             log.warning("%d downloads already watched; not waiting for %s of %s", MAX_WAITING, att.name, msg.guid)
             return
-        self._waiting[att.rowid] = _Waiting(msg, self_chat, self.monotonic())
+        self._waiting[att.rowid] = _Waiting(msg, self_chat, self.clock.monotonic())
 
     def _downloads(self) -> list[Action]:
         """Follow-up events for watched attachments that finished downloading (one per message), with one
         query over their ROWIDs; downloads watched longer than `ATTACHMENT_WAIT_S` are given up."""
         if not self._waiting:
             return []
-        now = self.monotonic()
+        now = self.clock.monotonic()
         for rowid, waiting in list(self._waiting.items()):
             if now - waiting.since > ATTACHMENT_WAIT_S:
                 log.warning(
@@ -593,7 +595,7 @@ class InboundPipeline:
         """`kind="attachment"`: files of an earlier message (`message_id`) that finished downloading."""
         msg = waiting.message
         meta = self._base_meta(msg, waiting.self_chat)
-        meta["ts"] = iso_utc(self.now())
+        meta["ts"] = iso_utc(self.clock.now())
         meta["kind"] = "attachment"
         delivered = [p for a in atts if (p := prepare(a, self.inbox)) is not None]
         _attachment_meta(meta, delivered, len(atts))
@@ -611,8 +613,8 @@ class InboundPipeline:
     def _track(self, msg: Message, event: Deliver) -> None:
         """Watch a delivered message for edits and unsends until `EDIT_WINDOW` after its date."""
         assert msg.chat_guid is not None
-        until = (msg.date or self.now()) + EDIT_WINDOW
-        if until <= self.now():
+        until = (msg.date or self.clock.now()) + EDIT_WINDOW
+        if until <= self.clock.now():
             return
         self._tracked[msg.rowid] = _Tracked(
             guid=msg.guid,
@@ -629,7 +631,7 @@ class InboundPipeline:
     def _edits(self) -> list[Action]:
         """Edit and unsend events for tracked messages whose `date_edited` / `date_retracted` changed
         (one query over their ROWIDs; the edited rows are then read in full, one more query)."""
-        now = self.now()
+        now = self.clock.now()
         for rowid in [r for r, t in self._tracked.items() if t.until <= now]:
             del self._tracked[rowid]
         if not self._tracked:

@@ -39,12 +39,12 @@ import re
 import shutil
 import struct
 import subprocess
-import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 from .chatdb import Attachment
+from .clock import SYSTEM, Clock
 
 log = logging.getLogger(__name__)
 
@@ -235,17 +235,20 @@ class Inbox:
     """`<state dir>/inbox/`: JPEG copies made by `sips` and safe-named links. `sips` is the program's path,
     or None where there is none (nothing is converted; said once in the log). Used from one thread."""
 
-    def __init__(self, folder: Path, sips: str | None, *, timeout: float = SIPS_TIMEOUT_S) -> None:
+    def __init__(
+        self, folder: Path, sips: str | None, *, timeout: float = SIPS_TIMEOUT_S, clock: Clock = SYSTEM
+    ) -> None:
         self.folder = folder
+        self.clock = clock
         self.sips = sips
         self.timeout = timeout
         self._told_no_sips = False
 
     @classmethod
-    def in_state_dir(cls, state_dir: Path) -> Inbox:
+    def in_state_dir(cls, state_dir: Path, clock: Clock = SYSTEM) -> Inbox:
         """The inbox of this state dir, with `sips` looked up on PATH (macOS: `/usr/bin/sips`); prunes
-        files older than `INBOX_MAX_AGE`."""
-        inbox = cls(state_dir / INBOX, shutil.which("sips"))
+        files older than `INBOX_MAX_AGE` (by their mtime against `clock.wall()`)."""
+        inbox = cls(state_dir / INBOX, shutil.which("sips"), clock=clock)
         inbox.prune()
         return inbox
 
@@ -259,7 +262,7 @@ class Inbox:
 
     def prune(self, max_age: timedelta = INBOX_MAX_AGE) -> int:
         """Delete inbox files not modified within `max_age`; returns how many. Errors are ignored."""
-        cutoff = time.time() - max_age.total_seconds()
+        cutoff = self.clock.wall() - max_age.total_seconds()
         removed = 0
         with contextlib.suppress(OSError):
             for entry in os.scandir(self.folder):

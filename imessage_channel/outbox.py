@@ -19,11 +19,12 @@ import json
 import logging
 import os
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from .clock import SYSTEM
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class Outbox:
     """The persisted queue. `clock` is wall time in seconds (injectable). Not thread-safe: the server
     touches it from its event loop only (sends themselves run in worker threads)."""
 
-    def __init__(self, state_dir: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, state_dir: Path, clock: Callable[[], float] = SYSTEM.wall) -> None:
         self.path = state_dir / OUTBOX_FILE
         self.clock = clock
         self.entries: list[Queued] = []

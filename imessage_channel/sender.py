@@ -28,7 +28,6 @@ import signal
 import stat
 import subprocess
 import threading
-import time
 import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
@@ -37,6 +36,7 @@ from pathlib import Path
 from queue import SimpleQueue
 from typing import Any, Protocol
 
+from imessage_channel.clock import SYSTEM, Clock
 from imessage_channel.handles import is_email
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,8 @@ OUTBOX_NAME = "imessage-channel-outbox"
 DEFAULT_STAGE_TTL = 600.0
 """Seconds a staged copy is kept: Messages uploads asynchronously after the script returns."""
 
-DEFAULT_MESSAGES_DIR = Path("~/Library/Messages").expanduser()
+MESSAGES_DIR = Path("Library") / "Messages"
+"""Where Messages keeps its files, relative to the home folder (resolved when a `Sender` is made)."""
 
 _DM_SERVICES = ("any", "iMessage", "SMS")
 _PHONE = re.compile(r"\+?\d+")
@@ -558,7 +559,8 @@ class Sender:
     """Sends one reply (text parts, then files) to one chat through a `Backend`.
 
     `state_dir` is the channel's state (`IMESSAGE_STATE_DIR`): files inside it are never sent.
-    `messages_dir` is where staged copies go (`<messages_dir>/imessage-channel-outbox/<uuid>/`).
+    `messages_dir` is where staged copies go (`<messages_dir>/imessage-channel-outbox/<uuid>/`; default
+    `~/Library/Messages`).
     `timeout` bounds each AppleScript call, in seconds. Calls to `send` are serialised.
     """
 
@@ -567,12 +569,14 @@ class Sender:
         backend: Backend,
         *,
         state_dir: Path,
-        messages_dir: Path = DEFAULT_MESSAGES_DIR,
+        messages_dir: Path | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        clock: Clock = SYSTEM,
     ) -> None:
         self._backend = backend
+        self._clock = clock
         self._state_dir = Path(state_dir).expanduser()
-        self.outbox = Path(messages_dir).expanduser() / OUTBOX_NAME
+        self.outbox = Path(messages_dir or Path.home() / MESSAGES_DIR).expanduser() / OUTBOX_NAME
         self._timeout = timeout
         self._resolved: dict[str, _Target] = {}
         self._lock = threading.Lock()
@@ -660,12 +664,12 @@ class Sender:
 
     def cleanup_staged(self, older_than: float = DEFAULT_STAGE_TTL, *, now: float | None = None) -> int:
         """Delete staged copies whose folder is more than `older_than` seconds old (by mtime,
-        against `now`, default `time.time()`). Returns how many entries were removed; never raises.
+        against `now`, default the clock's `wall()`). Returns how many entries were removed; never raises.
 
         Staged copies are not deleted right after sending because Messages uploads them after the
         script returns (the official plugin waits 30 s; we keep them 10 minutes by default).
         """
-        current = time.time() if now is None else now
+        current = self._clock.wall() if now is None else now
         removed = 0
         try:
             entries = list(os.scandir(self.outbox))

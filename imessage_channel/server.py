@@ -44,6 +44,7 @@ from . import __version__
 from .access import Access, AccessStore, is_allowed, state_dir, static_mode
 from .appletime import from_apple, to_apple_ns
 from .chatdb import ChatDB, ChatDBError, default_db_path
+from .clock import SYSTEM, Clock
 from .delivery import DeliveryLedger
 from .echo import EchoFilter
 from .gate import find_group
@@ -251,15 +252,16 @@ def reply_signature(access: Access, append: bool | None) -> str | None:
 class Channel:
     """One running channel: chat.db reader, access store, sender, and the MCP server around them."""
 
-    def __init__(self, config: Config, db: ChatDB, sender: Sender) -> None:
+    def __init__(self, config: Config, db: ChatDB, sender: Sender, clock: Clock = SYSTEM) -> None:
         self.config = config
+        self.clock = clock
         self.db = db
         self.sender = sender
-        self.store = AccessStore(config.state_dir, static=config.static)
+        self.store = AccessStore(config.state_dir, static=config.static, clock=clock)
         self.owner = db.owner_handles()
-        self.echo = EchoFilter()
+        self.echo = EchoFilter(clock=clock.monotonic)
         self.ledger = DeliveryLedger(config.state_dir, db.path)
-        self.outbox = Outbox(config.state_dir)
+        self.outbox = Outbox(config.state_dir, clock=clock.wall)
         self.outbox.load()
         self._outbox_changed = anyio.Event()
         self.pipeline = self._resume(
@@ -271,9 +273,13 @@ class Channel:
                 echo=self.echo,
                 allow_sms=config.allow_sms,
                 ledger=self.ledger,
-                inbox=Inbox.in_state_dir(config.state_dir),
+                inbox=Inbox.in_state_dir(config.state_dir, clock),
+                clock=clock,
             )
         )
+        # Persist the starting point at once: a crash before the first batch is committed must resume here
+        # (with delivered.log naming what was already pushed), not look like a first start that skips it all.
+        self._commit()
         self.waker = Waker(db.path)
         self.session: Any = None
         self.initialized = anyio.Event()
@@ -307,7 +313,7 @@ class Channel:
         if base > top or (base and resume.edge_guid and self.db.guid_at(base) != resume.edge_guid):
             pipeline.watermark = base  # renumbered while we were down: the first poll re-anchors
             return pipeline
-        since = pipeline.now() - self.config.catchup_window
+        since = self.clock.now() - self.config.catchup_window
         start = self.db.catchup_start(base, top, to_apple_ns(since), self.config.catchup_max)
         pipeline.watermark, pipeline.edge_guid = start - 1, None  # anchor checked above at `base`
         pipeline.catchup_until, pipeline.catchup_since = top, since
@@ -337,6 +343,9 @@ class Channel:
     async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         args = params.arguments or {}
         try:
+            if params.name in ("reply", "chat_messages"):
+                # See the file the delivery loop sees: a replaced or vanished chat.db is noticed here too.
+                await anyio.to_thread.run_sync(self.db.refresh)
             if params.name == "reply":
                 return await self._reply(args)
             if params.name == "chat_messages":
@@ -478,7 +487,7 @@ class Channel:
             f'Your reply to {entry.chat_guid} starting "{entry.first_words}" could not be sent and was given up: '
             f"{reason}"
         )
-        meta = {"chat_id": entry.chat_guid, "kind": "send_failed", "ts": iso_utc(None)}
+        meta = {"chat_id": entry.chat_guid, "kind": "send_failed", "ts": iso_utc(self.clock.now())}
         await self.session.send_notification(ChannelNotification(params=ChannelParams(content=content, meta=meta)))
 
     def _chat_messages(self, args: dict[str, Any]) -> types.CallToolResult:

@@ -4,7 +4,7 @@ The demo, the tests and the benchmarks need a chat.db that changes under the cha
 one does, without a Mac. This module is that writer. It only ever touches the database it was given
 (a copy of a fixture), never `~/Library/Messages`.
 
-What it reproduces (design §4, checked against the real Ventura rows in `shared/reference`):
+What it reproduces (design §4, checked against the real Ventura rows in `fixtures/reference`):
 - `handle` upserts, unique on `(id, service)`; `chat` with `style` 45 (DM) / 43 (group),
   `chat_handle_join` for members, `account_login` = the owner's `E:` account;
 - a `message` row plus its `chat_message_join` (`message_date` copied), written in one transaction —

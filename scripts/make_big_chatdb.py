@@ -2,7 +2,7 @@
 
 Owns the benchmark database generator (not a fixture: never commit its output; write it under /tmp).
 The schema comes from `fixtures.chatdb_builder.create_chatdb`; the rows follow the shapes in design §4
-(checked against the real Ventura rows in `shared/reference`):
+(checked against the real Ventura rows in `fixtures/reference`):
 
 - `--chats` chats: one self-chat (`iMessage;-;owner@example.com`), ~85 % iMessage DMs (style 45), ~5 % SMS
   DMs (`SMS;-;+1555555xxxx`), ~10 % groups (style 43, `iMessage;+;chat<18 digits>`, 3–8 members);

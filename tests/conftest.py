@@ -3,8 +3,8 @@
 - `chatdb_factory(version="ventura", **simulator_options)` → `(path, MessagesSimulator)`: an empty chat.db
   with Apple's schema for that macOS release (WAL mode), in its own folder under `tmp_path`. Simulators
   are closed at teardown.
-- `reference_db`: a private copy of the real anonymised Ventura chat.db from `../shared/reference`
-  (skipped, with the reason, when that folder is absent: the project never needs it to pass).
+- `reference_db`: a private copy of the real anonymised Ventura chat.db in `fixtures/reference` (MIT-licensed
+  test data of xevg/imessagedb; source and licence beside it).
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from fixtures import REFERENCE_DB
 from fixtures.chatdb_builder import create_chatdb
 from imessage_channel.simulator import MessagesSimulator
-
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference"
-REFERENCE_DB = REFERENCE_DIR / "ventura-real.chat.db"
 
 ChatDBFactory = Callable[..., tuple[Path, MessagesSimulator]]
 
@@ -44,9 +42,7 @@ def chatdb_factory(tmp_path: Path) -> Iterator[ChatDBFactory]:
 
 @pytest.fixture
 def reference_db(tmp_path: Path) -> Path:
-    """A writable copy of `shared/reference/ventura-real.chat.db` (a real Ventura chat.db)."""
-    if not REFERENCE_DB.is_file():
-        pytest.skip(f"reference chat.db not present at {REFERENCE_DB} (it lives outside the project)")
+    """A writable copy of `fixtures/reference/ventura-real.chat.db` (a real Ventura chat.db)."""
     folder = tmp_path / "reference"
     folder.mkdir()
     return Path(shutil.copy2(REFERENCE_DB, folder / "chat.db"))

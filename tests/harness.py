@@ -5,6 +5,9 @@ every line the server prints is parsed and filed as a response (by id) or a noti
 condition variable, so tests wait for events instead of sleeping. The fake `osascript` from
 `tests/fakes/bin` is first on `PATH`; its log is read back with `osascript_calls()`.
 
+Servers start through a fork server (`tests/zygote.py`: the package imported once, a real child process per
+server, real pipes) unless a test passes its own `argv` or `IMESSAGE_TEST_EXEC=1` is set.
+
 Proving that something was *not* delivered: the server delivers rows in ROWID order, so tests write
 the row that must be dropped, then a sentinel self-chat row, and wait for the sentinel: anything
 delivered in between would already be in `events()`.
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from imessage_channel.simulator import MessagesSimulator
+from tests.zygote_client import spawn
 
 FAKES_BIN = Path(__file__).resolve().parent / "fakes" / "bin"
 CHANNEL = "notifications/claude/channel"
@@ -55,7 +59,7 @@ class ServerProcess:
             "PATH": f"{FAKES_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             **(env or {}),
         }
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Any = None  # subprocess.Popen, or the fork server's look-alike
         self._cond = threading.Condition()
         self._responses: dict[int, dict[str, Any]] = {}
         self._notifications: list[tuple[float, dict[str, Any]]] = []
@@ -69,13 +73,12 @@ class ServerProcess:
     def start(self, argv: list[str] | None = None) -> ServerProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         self._stderr = self.stderr_path.open("wb")
-        self.proc = subprocess.Popen(
-            argv or [sys.executable, "-m", "imessage_channel", "serve"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            env=self.env,
-        )
+        if argv is None:
+            self.proc = spawn(["serve"], env=self.env, stderr=self._stderr)
+        else:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=self.env
+            )
         threading.Thread(target=self._read, daemon=True).start()
         return self
 

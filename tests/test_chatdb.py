@@ -2,7 +2,7 @@
 
 Fixture databases come from `fixtures.chatdb_builder` (Apple's schema per release) and are written by the
 Messages simulator, or by raw SQL where a row shape must be exact. The real Ventura database in
-`../shared/reference` is checked too (skipped when absent).
+`fixtures/reference` is checked too.
 """
 
 from __future__ import annotations

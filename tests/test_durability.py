@@ -137,6 +137,22 @@ def test_kill_9_mid_burst_then_restart_delivers_every_message_exactly_once(tmp_p
         rig.close()
 
 
+def test_a_crash_before_the_first_commit_resumes_from_the_start_not_from_the_top(rig: Rig) -> None:
+    # The starting point is persisted at start: texts that arrive after a first start and before its first
+    # delivery batch was committed must not look like history to the next start.
+    first = rig.start()
+    state = json.loads((rig.home / "state" / "delivery.json").read_text())
+    with sqlite3.connect(rig.db) as conn:
+        assert state["rowid"] == conn.execute("SELECT MAX(ROWID) FROM message").fetchone()[0]
+    assert first.proc is not None
+    first.proc.kill()
+    first.proc.wait()
+    rig.sim.receive(rig.friend, FRIEND, "sent while nothing was committed")
+    second = rig.start()
+    rig.sentinel(second)
+    assert contents(second) == ["sent while nothing was committed", "sentinel 1"]
+
+
 # -- sync storms and duplicates ------------------------------------------------------------------------
 
 

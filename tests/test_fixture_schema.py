@@ -1,15 +1,15 @@
 """The fixture chat.db builder emits Apple's real schema per macOS version.
 
-Ventura is checked against a real Ventura chat.db (../shared/reference, skipped when absent);
+Ventura is checked against a real Ventura chat.db (fixtures/reference);
 the other versions against the column facts their schema headers cite.
 """
 
 import re
 import sqlite3
-from pathlib import Path
 
 import pytest
 
+from fixtures import REFERENCE_DB
 from fixtures.chatdb_builder import (
     BUSY_TIMEOUT_MS,
     VERSIONS,
@@ -19,8 +19,6 @@ from fixtures.chatdb_builder import (
     register_trigger_stubs,
     schema_sql,
 )
-
-REFERENCE_DB = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ventura-real.chat.db"
 
 CORE_TABLES = {
     "message",
@@ -171,7 +169,6 @@ def test_connect_writer_waits_for_locks_instead_of_failing(tmp_path):
     conn.close()
 
 
-@pytest.mark.skipif(not REFERENCE_DB.exists(), reason=f"reference chat.db not present at {REFERENCE_DB}")
 class TestVenturaMatchesRealChatDb:
     @pytest.fixture
     def pair(self, tmp_path):

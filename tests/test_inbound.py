@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from freezegun import freeze_time
 
 from fixtures.chatdb_builder import create_chatdb
 from imessage_channel.access import AccessStore
 from imessage_channel.chatdb import ChatDB
+from imessage_channel.clock import ManualClock
 from imessage_channel.echo import EchoFilter
 from imessage_channel.inbound import JOIN_GRACE_S, Deliver, InboundPipeline, PermissionVerdict, Send, iso_utc
 from imessage_channel.simulator import MessagesSimulator
@@ -22,9 +22,12 @@ T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
 class Rig:
-    def __init__(self, tmp: Path, access: dict | None = None, version: str = "sequoia") -> None:
+    def __init__(
+        self, tmp: Path, access: dict | None = None, version: str = "sequoia", start: datetime | None = None
+    ) -> None:
         self.db_path = create_chatdb(tmp / "chat.db", version)
-        self.sim = MessagesSimulator(self.db_path, owner=OWNER, owner_phone="+15555550100")
+        self.clock = ManualClock(start)
+        self.sim = MessagesSimulator(self.db_path, owner=OWNER, owner_phone="+15555550100", clock=self.clock.now)
         self.me = self.sim.self_chat()
         self.sim.send(self.me, "first")
         self.friend = self.sim.dm(FRIEND)
@@ -32,14 +35,13 @@ class Rig:
         self.state.mkdir()
         (self.state / "access.json").write_text(json.dumps(access or {"allowFrom": [FRIEND]}))
         self.db = ChatDB(self.db_path)
-        self.mono = 0.0
         self.pipe = InboundPipeline(
             db=self.db,
             store=AccessStore(self.state),
             owner=self.db.owner_handles(),
             watermark=self.db.max_rowid(),
-            echo=EchoFilter(clock=lambda: self.mono),
-            monotonic=lambda: self.mono,
+            echo=EchoFilter(clock=self.clock.monotonic),
+            clock=self.clock,
         )
 
     def poll(self) -> tuple[list, list[tuple[str, str]]]:
@@ -86,7 +88,7 @@ def test_a_row_without_its_chat_join_holds_the_watermark_then_moves_on(rig: Rig)
     rig.sim.receive(rig.friend, FRIEND, "behind it")
     assert rig.poll() == ([], [("hold", "waiting-for-chat-join")])
     assert rig.pipe.watermark == start
-    rig.mono += JOIN_GRACE_S  # the join never came
+    rig.clock.advance(JOIN_GRACE_S)  # the join never came
     actions, decisions = rig.poll()
     assert decisions == [("drop", "no-chat"), ("deliver", "allowlisted")]
     assert [a.content for a in actions] == ["behind it"]
@@ -133,19 +135,19 @@ def test_text_that_is_not_exactly_a_verdict_is_delivered_as_a_message(rig: Rig, 
 
 
 def test_pairing_codes_expire_after_an_hour_and_a_new_one_is_issued(tmp_path: Path) -> None:
-    rig = Rig(tmp_path, access={"dmPolicy": "pairing"})
+    """Everything reads one clock: the pipeline, the simulator writing the rows and the pairing expiry
+    (the test once froze only the rows' time and broke when its fixed date fell into the past)."""
+    rig = Rig(tmp_path, access={"dmPolicy": "pairing"}, start=T0)
     stranger = rig.sim.dm("stranger@example.com")
-    with freeze_time(T0) as frozen:
-        rig.pipe.now = lambda: datetime.now(UTC)
-        rig.sim.receive(stranger, "stranger@example.com", "hi")
-        first, _ = rig.poll()
-        code = json.loads((rig.state / "access.json").read_text())["pending"]
-        assert len(first) == 1 and isinstance(first[0], Send) and next(iter(code)) in first[0].text
-        frozen.tick(timedelta(hours=1, seconds=1))
-        rig.sim.receive(stranger, "stranger@example.com", "hello again")
-        second, _ = rig.poll()
-        new = json.loads((rig.state / "access.json").read_text())["pending"]
-        assert list(new) != list(code) and next(iter(new)) in second[0].text
+    rig.sim.receive(stranger, "stranger@example.com", "hi")
+    first, _ = rig.poll()
+    code = json.loads((rig.state / "access.json").read_text())["pending"]
+    assert len(first) == 1 and isinstance(first[0], Send) and next(iter(code)) in first[0].text
+    rig.clock.advance(timedelta(hours=1, seconds=1))
+    rig.sim.receive(stranger, "stranger@example.com", "hello again")
+    second, _ = rig.poll()
+    new = json.loads((rig.state / "access.json").read_text())["pending"]
+    assert list(new) != list(code) and next(iter(new)) in second[0].text
 
 
 def test_approved_files_become_confirmations_and_are_consumed(rig: Rig) -> None:

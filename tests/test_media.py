@@ -7,12 +7,13 @@ import json
 import logging
 import os
 import struct
-import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from imessage_channel.chatdb import Attachment
+from imessage_channel.clock import ManualClock
 from imessage_channel.media import (
     MAX_IMAGE_BYTES,
     TARGET_SIDE,
@@ -267,13 +268,16 @@ def test_a_path_unsafe_to_quote_is_delivered_through_a_safe_link(tmp_path: Path)
 
 
 def test_prune_deletes_only_old_inbox_files(tmp_path: Path) -> None:
-    inbox = Inbox(tmp_path / "inbox", None)
-    inbox.folder.mkdir()
-    old, fresh = inbox.folder / "old.jpg", inbox.folder / "fresh.jpg"
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    old, fresh = folder / "old.jpg", folder / "fresh.jpg"
     old.write_bytes(b"x")
     fresh.write_bytes(b"x")
-    ten_days = time.time() - 10 * 86400
+    # Ages are judged by the inbox's clock against the files' own times: no dependence on today's date.
+    written = fresh.stat().st_mtime
+    ten_days = written - 10 * 86400
     os.utime(old, (ten_days, ten_days))
+    inbox = Inbox(folder, None, clock=ManualClock(datetime.fromtimestamp(written + 60, UTC)))
     assert inbox.prune() == 1
     assert sorted(os.listdir(inbox.folder)) == ["fresh.jpg"]
     assert Inbox(tmp_path / "nowhere", None).prune() == 0

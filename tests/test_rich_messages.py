@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ import pytest
 from fixtures.chatdb_builder import create_chatdb
 from imessage_channel.access import Access, AccessStore
 from imessage_channel.chatdb import ChatDB
+from imessage_channel.clock import ManualClock
 from imessage_channel.echo import EchoFilter
 from imessage_channel.inbound import (
     ATTACHMENT_WAIT_S,
@@ -359,22 +360,20 @@ def test_chat_messages_shows_rich_rows_compactly_and_never_more_than_the_limit(w
 class Pipe:
     def __init__(self, tmp: Path) -> None:
         self.db_path = create_chatdb(tmp / "chat.db", "sequoia")
-        self.sim = MessagesSimulator(self.db_path, owner=OWNER)
+        self.clock = ManualClock()
+        self.sim = MessagesSimulator(self.db_path, owner=OWNER, clock=self.clock.now)
         self.sim.send(self.sim.self_chat(), "first")
         self.friend = self.sim.dm(FRIEND)
         (tmp / "state").mkdir()
         (tmp / "state" / "access.json").write_text(json.dumps({"allowFrom": [FRIEND]}))
         self.db = ChatDB(self.db_path)
-        self.mono = 0.0
-        self.clock = datetime.now(UTC)
         self.pipe = InboundPipeline(
             db=self.db,
             store=AccessStore(tmp / "state"),
             owner=self.db.owner_handles(),
             watermark=self.db.max_rowid(),
-            echo=EchoFilter(clock=lambda: self.mono),
-            monotonic=lambda: self.mono,
-            now=lambda: self.clock,
+            echo=EchoFilter(clock=self.clock.monotonic),
+            clock=self.clock,
         )
 
     def poll(self) -> list[Deliver]:
@@ -393,10 +392,10 @@ def test_downloads_are_given_up_after_the_wait(pipe: Pipe) -> None:
     spec = AttachmentSpec("IMG_2.jpg", "image/jpeg", "public.jpeg", None, transfer_state=3)
     early = pipe.sim.receive(pipe.friend, FRIEND, "early", attachments=[spec])
     assert pipe.poll()[0].meta["attachments_pending"] == "1"
-    pipe.mono += ATTACHMENT_WAIT_S / 2
+    pipe.clock.advance(ATTACHMENT_WAIT_S / 2)
     late = pipe.sim.receive(pipe.friend, FRIEND, "late", attachments=[spec])
     assert [d.content for d in pipe.poll()] == ["late"]
-    pipe.mono += ATTACHMENT_WAIT_S / 2 + 1  # past the wait for "early", within it for "late"
+    pipe.clock.advance(ATTACHMENT_WAIT_S / 2 + 1)  # past the wait for "early", within it for "late"
     pipe.sim.finish_download(early, JPEG)
     pipe.sim.finish_download(late, JPEG)
     assert [d.meta["message_id"] for d in pipe.poll()] == [late.guid]
@@ -412,10 +411,10 @@ def test_at_most_max_waiting_downloads_are_watched(pipe: Pipe) -> None:
 
 
 def test_edits_after_the_edit_window_are_not_watched(pipe: Pipe) -> None:
-    old = pipe.sim.receive(pipe.friend, FRIEND, "old draft", date=pipe.clock - timedelta(minutes=10))
-    new = pipe.sim.receive(pipe.friend, FRIEND, "new draft", date=pipe.clock)
+    old = pipe.sim.receive(pipe.friend, FRIEND, "old draft", date=pipe.clock.now() - timedelta(minutes=10))
+    new = pipe.sim.receive(pipe.friend, FRIEND, "new draft", date=pipe.clock.now())
     assert [d.content for d in pipe.poll()] == ["old draft", "new draft"]
-    pipe.clock += EDIT_WINDOW - timedelta(minutes=10) + timedelta(seconds=1)  # past the window of "old" only
+    pipe.clock.advance(EDIT_WINDOW - timedelta(minutes=10) + timedelta(seconds=1))  # past the window of "old" only
     pipe.sim.edit(old, "old final")
     pipe.sim.edit(new, "new final")
     assert [(d.meta["kind"], d.content) for d in pipe.poll()] == [("edit", "new final")]
@@ -423,7 +422,7 @@ def test_edits_after_the_edit_window_are_not_watched(pipe: Pipe) -> None:
 
 def test_only_the_newest_delivered_messages_are_watched_for_edits(pipe: Pipe) -> None:
     with pipe.sim.batch():
-        rows = [pipe.sim.receive(pipe.friend, FRIEND, f"m{i}", date=pipe.clock) for i in range(TRACK_LIMIT + 1)]
+        rows = [pipe.sim.receive(pipe.friend, FRIEND, f"m{i}", date=pipe.clock.now()) for i in range(TRACK_LIMIT + 1)]
     assert len(pipe.poll()) == TRACK_LIMIT + 1
     pipe.sim.edit(rows[0], "oldest, edited")
     pipe.sim.edit(rows[-1], "newest, edited")

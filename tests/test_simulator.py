@@ -93,7 +93,7 @@ def test_sent_dm_row_with_attachments_has_the_real_shape(chatdb_factory, tmp_pat
     ref = sim.send(dm, "It’s a lovely day!", attachments=[HEIC, HEIC], date=T0, body_only=False)
     r = row(sim, ref.rowid)
     friend_id = sim.conn.execute("SELECT ROWID FROM handle WHERE id = ?", (FRIEND,)).fetchone()[0]
-    # Same values as the real row 1602655 of shared/reference (a sent DM with two HEIC photos).
+    # Same values as the real row 1602655 of fixtures/reference (a sent DM with two HEIC photos).
     assert r["text"] == "\ufffc\ufffcIt’s a lovely day!"
     assert (r["service"], r["account"], r["handle_id"]) == ("iMessage", f"E:{OWNER}", friend_id)
     assert (r["is_from_me"], r["is_sent"], r["is_delivered"], r["is_finished"]) == (1, 1, 1, 1)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import struct
-from pathlib import Path
 
 import pytest
 import typedstream as oracle
@@ -14,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typedstream.types import foundation as ns
 
+from fixtures import REFERENCE_DB
 from imessage_channel import typedstream as ts
 from imessage_channel.typedstream import (
     FILE_TRANSFER_GUID_KEY,
@@ -28,11 +28,10 @@ from imessage_channel.typedstream import (
     utf16_len,
 )
 
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference"
 WRITING_DIRECTION_KEY = "__kIMBaseWritingDirectionAttributeName"
 
 # The two attributedBody blobs of xevg/imessagedb's real Ventura chat.db (MIT), as in
-# ../shared/reference/ventura-real.chat.db, embedded so the real-data checks run everywhere.
+# fixtures/reference/ventura-real.chat.db, embedded so the real-data checks run everywhere.
 ROW1_HEX = (  # message.ROWID 1602652: NSMutableAttributedString, one message-part run (NSNumber 'i')
     "040B73747265616D747970656481E803840140848484194E534D757461626C6541747472696275746564537472696E67"
     "008484124E5341747472696275746564537472696E67008484084E534F626A6563740085928484840F4E534D75746162"
@@ -183,10 +182,7 @@ def test_pytypedstream_agrees_on_the_reference_rows(blob):
 
 
 def test_reference_database_rows_decode():
-    database = REFERENCE_DIR / "ventura-real.chat.db"
-    if not database.exists():
-        pytest.skip(f"reference chat.db not present at {database} (only the embedded blobs were checked)")
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
+    with sqlite3.connect(f"file:{REFERENCE_DB}?mode=ro", uri=True) as connection:
         rows = connection.execute("SELECT attributedBody FROM message ORDER BY ROWID").fetchall()
     connection.close()
 
