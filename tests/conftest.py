@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,3 +47,9 @@ def reference_db(tmp_path: Path) -> Path:
     folder = tmp_path / "reference"
     folder.mkdir()
     return Path(shutil.copy2(REFERENCE_DB, folder / "chat.db"))
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """Workers for `-n auto`: two per core (at most 8). Most tests spend their time waiting for a server
+    process to answer, so one worker per core leaves the CPU idle (2 cores: 58 s with 2 workers, 46 s with 4)."""
+    return min(2 * (os.cpu_count() or 1), 8)

@@ -65,6 +65,7 @@ class ServerProcess:
         self._notifications: list[tuple[float, dict[str, Any]]] = []
         self._raw: list[bytes] = []
         self._next_id = 0
+        self.listed_at = 0.0  # perf_counter() when the tools/list answer arrived (see `initialize`)
         self._closed = False
         self._pause_after: int | None = None
         self._resume = threading.Event()
@@ -173,14 +174,22 @@ class ServerProcess:
         self.send(msg)
 
     def initialize(self, *, initialized: bool = True) -> dict[str, Any]:
-        """The legacy handshake, as Claude Code does it. Returns the initialize result."""
+        """The legacy handshake as Claude Code does it: `initialize`, `notifications/initialized`, then
+        `tools/list` (the server pushes channel events only after that). Returns the initialize result."""
         result = self.request(
             "initialize",
             {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "tests", "version": "0"}},
         )["result"]
         if initialized:
             self.notify("notifications/initialized")
+            self.request("tools/list")
+            self.listed_at = time.perf_counter()
         return result
+
+    def raw_lines(self) -> list[dict[str, Any]]:
+        """Every message the server wrote, in order."""
+        with self._cond:
+            return [json.loads(line) for line in self._raw]
 
     def call_tool(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
         """`tools/call`; returns the CallToolResult dict (`content`, `isError`)."""

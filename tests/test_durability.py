@@ -153,6 +153,23 @@ def test_a_crash_before_the_first_commit_resumes_from_the_start_not_from_the_top
     assert contents(second) == ["sent while nothing was committed", "sentinel 1"]
 
 
+def test_texts_waiting_at_start_reach_a_client_that_listens_only_after_tools_list(rig: Rig) -> None:
+    # Claude Code attaches its channel handler 12-35 ms after it lists the tools and drops anything earlier
+    # without a trace. This client ignores every notification that arrives within 35 ms of its tools/list.
+    first = rig.start()
+    first.stop()
+    waiting = [f"waiting {i}" for i in range(3)]
+    for text in waiting:
+        rig.sim.receive(rig.friend, FRIEND, text)
+    second = rig.start()
+    rig.sentinel(second)
+    heard = [e["content"] for t, e in second.event_times() if t >= second.listed_at + 0.035]
+    assert heard == [*waiting, "sentinel 1"]
+    lines = second.raw_lines()
+    listed = next(i for i, m in enumerate(lines) if m.get("id") == 2)  # the tools/list answer
+    assert all(i > listed for i, m in enumerate(lines) if m.get("method") == "notifications/claude/channel")
+
+
 # -- sync storms and duplicates ------------------------------------------------------------------------
 
 
