@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sqlite3
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -168,6 +170,21 @@ def test_texts_waiting_at_start_reach_a_client_that_listens_only_after_tools_lis
     lines = second.raw_lines()
     listed = next(i for i, m in enumerate(lines) if m.get("id") == 2)  # the tools/list answer
     assert all(i > listed for i, m in enumerate(lines) if m.get("method") == "notifications/claude/channel")
+
+
+def test_sigint_ends_the_server_at_once_with_the_delivery_state_saved(rig: Rig) -> None:
+    # Claude Code stops a server with SIGINT and sends SIGTERM about 100 ms later: the first must be enough.
+    server = ServerProcess(rig.db, rig.home).start([sys.executable, "-m", "imessage_channel", "serve"])
+    rig.servers.append(server)
+    server.initialize()
+    rig.sentinel(server)
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGINT)
+    assert server.wait_exit() == 0
+    state = json.loads((rig.home / "state" / "delivery.json").read_text())
+    with sqlite3.connect(rig.db) as conn:
+        assert state["rowid"] == conn.execute("SELECT MAX(ROWID) FROM message").fetchone()[0]
+    assert "received SIGINT; exiting" in server.stderr() and "Traceback" not in server.stderr()
 
 
 # -- sync storms and duplicates ------------------------------------------------------------------------
