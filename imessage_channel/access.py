@@ -44,7 +44,6 @@ import itertools
 import json
 import logging
 import os
-import re
 import secrets
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -56,6 +55,7 @@ from typing import Any
 
 from imessage_channel.clock import SYSTEM, Clock
 from imessage_channel.handles import normalize_handle
+from imessage_channel.patterns import pattern_error
 
 log = logging.getLogger("imessage_channel.access")
 
@@ -650,11 +650,10 @@ def _move_aside(path: Path, now: datetime) -> Path:
 
 
 def _log_bad_patterns(patterns: tuple[str, ...]) -> None:
+    """Warn about each `mentionPatterns` entry the gate will skip (RE2 cannot compile it)."""
     for pattern in patterns:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            log.warning("mentionPatterns: skipping invalid regex %r (%s)", pattern, exc)
+        if (reason := pattern_error(pattern)) is not None:
+            log.warning("mentionPatterns: skipping invalid regex %r (%s)", pattern, reason)
 
 
 # --- approved/ ----------------------------------------------------------------------------------
