@@ -169,9 +169,18 @@ class Access:
 
     @property
     def effective_text_chunk_limit(self) -> int:
-        """`textChunkLimit` clamped to 1..10000; 10000 when absent (official server.ts `reply`)."""
-        limit = MAX_TEXT_CHUNK_LIMIT if self.text_chunk_limit is None else self.text_chunk_limit
-        return max(1, min(limit, MAX_TEXT_CHUNK_LIMIT))
+        """Characters per sent part: `textChunkLimit` when it is 1..10000, 10000 when it is larger (the
+        official server.ts clamps it to `MAX_CHUNK_LIMIT`), and the default 10000 when it is absent or
+        not positive.
+
+        Deliberately unlike server.ts, which clamps 0 and negatives up to 1 (one character per message:
+        `textChunkLimit: -5` turned 40 characters into 33 texts): a value below 1 is a mistake, not a wish
+        for one-letter messages, so it is ignored. `AccessStore` logs both corrections once per file version.
+        """
+        limit = self.text_chunk_limit
+        if limit is None or limit < 1:
+            return MAX_TEXT_CHUNK_LIMIT
+        return min(limit, MAX_TEXT_CHUNK_LIMIT)
 
     @property
     def effective_chunk_mode(self) -> ChunkMode:
@@ -615,6 +624,7 @@ class AccessStore:
                 self._move_corrupt_aside(key, exc, holding_lock=holding_lock)
                 return self._read(holding_lock=holding_lock)  # now missing, or a writer's new file
             _log_bad_patterns(access.mention_patterns or ())
+            _log_bad_chunk_limit(access.text_chunk_limit)
         self._cached = (key, access)
         return access
 
@@ -647,6 +657,20 @@ def _move_aside(path: Path, now: datetime) -> Path:
         os.unlink(path)
         return aside
     raise AssertionError("unreachable")
+
+
+def _log_bad_chunk_limit(limit: int | None) -> None:
+    """Warn when `textChunkLimit` is out of range (see `Access.effective_text_chunk_limit`)."""
+    if limit is None:
+        return
+    if limit < 1:
+        log.warning(
+            "textChunkLimit %d is not a positive number of characters; ignoring it (using %d)",
+            limit,
+            MAX_TEXT_CHUNK_LIMIT,
+        )
+    elif limit > MAX_TEXT_CHUNK_LIMIT:
+        log.warning("textChunkLimit %d is over the maximum; using %d", limit, MAX_TEXT_CHUNK_LIMIT)
 
 
 def _log_bad_patterns(patterns: tuple[str, ...]) -> None:

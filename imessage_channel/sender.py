@@ -116,6 +116,18 @@ DEFAULT_SIGNATURE = "\nSent by Claude"
 MAX_FILE_BYTES = 100 * 1024 * 1024
 """Attachment cap: 100 MiB, as the official plugin's `MAX_ATTACHMENT_BYTES`."""
 
+MAX_TEXT_PARTS = 10
+"""Most text messages one reply may become. Each part is a separate bubble, a separate notification on
+the recipient's phone and a separate AppleScript call (up to `DEFAULT_TIMEOUT` each, holding the sender):
+ten bubbles of up to `MAX_CHUNK_LIMIT` characters (100 000 characters) is already more than anyone reads on
+a phone, while a 1 MB reply used to become 100 sends. A longer reply is refused whole, before anything
+is sent, with an error saying so."""
+
+MAX_FILES = 10
+"""Most files one reply may carry, for the same reasons: each is its own message and AppleScript call
+(200 files used to be 200 sends), and ten photos is a generous album on a phone. More is refused whole,
+before anything is sent."""
+
 OUTBOX_NAME = "imessage-channel-outbox"
 """Staging folder under the Messages directory; each staged file gets its own `<uuid>/` folder."""
 
@@ -436,7 +448,9 @@ def _indentation(gap: str) -> str:
     return ""
 
 
-def chunk_text(text: str, limit: int = DEFAULT_CHUNK_LIMIT, mode: str = DEFAULT_CHUNK_MODE) -> list[str]:
+def chunk_text(
+    text: str, limit: int = DEFAULT_CHUNK_LIMIT, mode: str = DEFAULT_CHUNK_MODE, *, max_parts: int | None = None
+) -> list[str]:
     """Split `text` into message-sized parts of at most `limit` characters (Python code points).
 
     Semantics follow the official plugin's `chunk()` (`textChunkLimit`, `chunkMode` in access.json):
@@ -450,6 +464,9 @@ def chunk_text(text: str, limit: int = DEFAULT_CHUNK_LIMIT, mode: str = DEFAULT_
     which starts the next part. White-space-only parts are not returned, so a long
     all-white-space text yields `[]`. Hence: re-inserting white space at the boundaries of the
     parts gives back `text`, and every part has 1..limit characters.
+    With `max_parts`, chunking stops as soon as a part beyond `max_parts` is found, and the
+    `max_parts + 1` parts found so far come back: enough to tell the text does not fit, at a cost
+    bounded by `max_parts`, not by the text's length.
     Raises ValueError when `limit` < 1.
     """
     if limit < 1:
@@ -464,6 +481,8 @@ def chunk_text(text: str, limit: int = DEFAULT_CHUNK_LIMIT, mode: str = DEFAULT_
         piece, body = head.rstrip(), tail.lstrip()
         if piece:
             parts.append(piece)
+            if max_parts is not None and len(parts) > max_parts:
+                return parts
         gap = head[len(piece) :] + tail[: len(tail) - len(body)]
         rest = _indentation(gap) + body
     if rest.strip():
@@ -555,6 +574,24 @@ class _Part:
     file: Path | None = None  # the original file, for file parts
 
 
+def check_reply_size(texts: int, files: int) -> None:
+    """Refuse a reply of more than `MAX_TEXT_PARTS` text parts or `MAX_FILES` files.
+
+    `texts` and `files` are counts. Raises `SendError` (not transient, `sent_parts` 0) whose message says
+    the limit and that nothing was sent.
+    """
+    if texts > MAX_TEXT_PARTS:
+        raise SendError(
+            f"reply too long: it would be {texts} text messages; a reply may be at most {MAX_TEXT_PARTS} "
+            "(it lands on a phone). Nothing was sent: shorten it.",
+            transient=False,
+        )
+    if files > MAX_FILES:
+        raise SendError(
+            f"too many files: {files}; a reply may carry at most {MAX_FILES}. Nothing was sent.", transient=False
+        )
+
+
 class Sender:
     """Sends one reply (text parts, then files) to one chat through a `Backend`.
 
@@ -609,13 +646,15 @@ class Sender:
         `files`, in order. Callers that must know the parts before sending (the echo filter, the
         outbox) compute them once and call this.
 
-        Raises `SendError`: nothing to send, an invalid chat id, a refused file (`sent_parts` 0),
+        Raises `SendError`: nothing to send, an invalid chat id, more than `MAX_TEXT_PARTS` texts or
+        `MAX_FILES` files (nothing sent), a refused file (`sent_parts` 0),
         or part k of N failing: "sent k-1 of N parts; part k failed: …" with `sent_parts` = k-1.
         """
         with self._lock:
             self.cleanup_staged(DEFAULT_STAGE_TTL)
             if not chat_guid.strip() or "\x00" in chat_guid:
                 raise SendError(f"invalid chat id {chat_guid!r}")
+            check_reply_size(len(texts), len(files))
             paths = [self.check_file(f) for f in files]
             parts = [_Part(t) for t in texts] + [_Part("", p) for p in paths]
             if not parts:
@@ -729,19 +768,33 @@ class Sender:
         )
 
 
-def text_parts(text: str, limit: int, mode: str, signature: str | None) -> list[str]:
-    """The exact texts `Sender.send` sends for `text`, in order: cleaned, chunked by `limit` (clamped
-    to 1..`MAX_CHUNK_LIMIT`) and `mode`, `signature` appended to the last part (which is split again
-    when the signature would not fit). Empty for white-space-only text. The server feeds these to the
-    echo filter before sending, so echoes are recognised part by part."""
+def text_parts(
+    text: str, limit: int, mode: str, signature: str | None, *, max_parts: int | None = MAX_TEXT_PARTS
+) -> list[str]:
+    """The exact texts `Sender.send` sends for `text`, in order: cleaned, chunked by `limit` and `mode`,
+    `signature` appended to the last part (which is split again when the signature would not fit). Empty
+    for white-space-only text. The server feeds these to the echo filter before sending, so echoes are
+    recognised part by part.
+
+    `limit` is characters per part: above `MAX_CHUNK_LIMIT` it is clamped (as the official plugin does),
+    below 1 it is ignored and `MAX_CHUNK_LIMIT` used (as `Access.effective_text_chunk_limit` does).
+    Raises `SendError` (nothing sent) when the text would be more than `max_parts` parts (default
+    `MAX_TEXT_PARTS`; None: no cap), after chunking no more of the text than it takes to know."""
     text = _clean_text(text)
     if not text.strip():
         return []
-    limit = max(1, min(limit, MAX_CHUNK_LIMIT))
-    parts = chunk_text(text, limit, mode)
+    limit = MAX_CHUNK_LIMIT if limit < 1 else min(limit, MAX_CHUNK_LIMIT)
+    parts = chunk_text(text, limit, mode, max_parts=max_parts)
     if signature:
         signature = _clean_text(signature)
         if len(parts[-1]) + len(signature) > limit and limit > len(signature):
             parts[-1:] = chunk_text(parts[-1], limit - len(signature), mode)
         parts[-1] = with_signature(parts[-1], signature)
+    if max_parts is not None and len(parts) > max_parts:
+        raise SendError(
+            f"reply too long: {len(text)} characters would be more than {max_parts} text messages of at most "
+            f"{limit} characters (textChunkLimit); a reply may be at most {max_parts} (it lands on a phone). "
+            "Nothing was sent: shorten it.",
+            transient=False,
+        )
     return parts
