@@ -71,6 +71,7 @@ from .sender import (
     SendError,
     check_reply_size,
     default_backend,
+    sqlite_files,
     text_parts,
 )
 from .transport import StdinLines, StdoutLines
@@ -709,7 +710,7 @@ def main() -> int:
         print(f"imessage-channel: {exc}", file=sys.stderr)
         return 2
     backend = OsascriptBackend() if os.environ.get("IMESSAGE_APPLESCRIPT_BACKEND") == "osascript" else default_backend()
-    sender = Sender(backend, state_dir=config.state_dir)
+    sender = Sender(backend, state_dir=config.state_dir, protected=sqlite_files(config.db_path))
     channel = Channel(config, db, sender)
     log.info("reading %s from ROWID %d", config.db_path, channel.pipeline.watermark)
     log.info(

@@ -1,6 +1,11 @@
 """Hostile input on the way out: nothing a sender or a tool call does can blind the channel. Items of the
 issue "Nothing a sender, a clock or a crash does can blind the channel":
 
+- 6. `reply` files are opened once (no final symlink followed), checked on the open descriptor (regular,
+  ≤ 100 MB, not one of the state dir's files nor chat.db/-wal/-shm, by device and inode) and copied from
+  that descriptor with a byte cap, every file staged before any text is sent, partial copies removed.
+  Races are made deterministic: the fake osascript swaps the file while the text part is "sent" (mode
+  `swap`), or a wrapper around `os.open`/`os.fstat` swaps or grows it between the check and the open/copy.
 - 11. Limits: `textChunkLimit` below 1 is ignored (default used, logged), above 10000 clamped; a reply is at
   most `MAX_TEXT_PARTS` texts and `MAX_FILES` files, else refused whole with an error saying so; mention
   patterns run on RE2, so a pathological pattern cannot stall delivery and an invalid one is skipped with a log.
@@ -15,12 +20,13 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from fixtures.chatdb_builder import create_chatdb
+from imessage_channel import sender as sender_mod
 from imessage_channel.access import Access, AccessStore
 from imessage_channel.gate import mentioned
 from imessage_channel.patterns import PatternError, compile_pattern
@@ -29,10 +35,12 @@ from imessage_channel.sender import (
     MAX_FILES,
     MAX_TEXT_PARTS,
     OUTBOX_NAME,
+    SEND_FILE_SCRIPT,
     OsascriptBackend,
     Sender,
     SendError,
     chunk_text,
+    sqlite_files,
     text_parts,
 )
 from imessage_channel.simulator import MessagesSimulator
@@ -89,12 +97,286 @@ def state_dir(tmp_path: Path) -> Path:
     d = tmp_path / "state"
     d.mkdir()
     (d / "access.json").write_text('{"allowFrom": ["secret@example.com"]}')
+    (d / "approved").mkdir()
+    (d / "approved" / "friend@example.com").write_text("iMessage;-;friend@example.com")
     return d
 
 
 @pytest.fixture
-def sender(osa: Osa, state_dir: Path, tmp_path: Path) -> Sender:
-    return Sender(OsascriptBackend(), state_dir=state_dir, messages_dir=tmp_path / "Messages", timeout=10)
+def chat_db(tmp_path: Path) -> Path:
+    folder = tmp_path / "Library" / "Messages"
+    folder.mkdir(parents=True)
+    db = folder / "chat.db"
+    for path in sqlite_files(db):
+        path.write_bytes(b"SQLite format 3\x00 " + path.name.encode())
+    return db
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Path:
+    return tmp_path / "Messages" / OUTBOX_NAME
+
+
+@pytest.fixture
+def sender(osa: Osa, state_dir: Path, chat_db: Path, tmp_path: Path) -> Sender:
+    return Sender(
+        OsascriptBackend(),
+        state_dir=state_dir,
+        messages_dir=tmp_path / "Messages",
+        protected=sqlite_files(chat_db),
+        timeout=10,
+    )
+
+
+@pytest.fixture
+def photo(tmp_path: Path) -> Path:
+    folder = tmp_path / "work" / "pics"
+    folder.mkdir(parents=True)
+    path = folder / "photo.jpg"
+    path.write_bytes(ORIGINAL)
+    return path
+
+
+def staged_copies(outbox: Path) -> list[Path]:
+    """Every file under the outbox (each staged copy lives in its own `<uuid>/` folder)."""
+    return sorted(p for p in outbox.rglob("*") if p.is_file()) if outbox.exists() else []
+
+
+def sparse(path: Path, size: int) -> Path:
+    with path.open("wb") as fh:
+        fh.truncate(size)  # no real disk use
+    return path
+
+
+# --- item 6: a swap while the text is sent changes nothing that is sent --------------------------------
+
+
+SWAPS: list[tuple[str, Callable[[Path, Path, Path], Path | str], str]] = [
+    ("symlink into the state dir", lambda tmp, state, db: state / "access.json", "symlink"),
+    ("symlink to chat.db", lambda tmp, state, db: db, "symlink"),
+    ("symlink to a 150 MB file", lambda tmp, state, db: sparse(tmp / "huge.bin", 150 * 1024 * 1024), "symlink"),
+    ("symlink to /dev/zero", lambda tmp, state, db: "/dev/zero", "symlink"),
+    ("renamed over by a 150 MB file", lambda tmp, state, db: sparse(tmp / "huge2.bin", 150 * 1024 * 1024), "rename"),
+]
+
+
+@pytest.mark.parametrize(("case", "replacement", "how"), SWAPS, ids=[s[0] for s in SWAPS])
+def test_a_file_swapped_while_the_text_is_sent_is_sent_as_it_was_checked(
+    sender: Sender, osa: Osa, photo: Path, outbox: Path, tmp_path: Path, state_dir: Path, chat_db: Path,
+    case: str, replacement: Callable[[Path, Path, Path], Path | str], how: str,
+) -> None:  # fmt: skip
+    osa.swap(photo, replacement(tmp_path, state_dir, chat_db), how)
+    osa.mode("swap", "ok")  # the text part's call swaps the file; the file part's call succeeds
+
+    result = sender.send(DM, "here it is", [str(photo)])
+
+    assert (result.parts_sent, result.parts_total) == (2, 2)
+    text_call, file_call = osa.calls()
+    assert text_call["argv"][1] == "here it is"
+    assert file_call["stdin"] == SEND_FILE_SCRIPT
+    staged = Path(file_call["argv"][1])
+    assert staged.read_bytes() == ORIGINAL  # copied before the swap, from the descriptor that was checked
+    assert staged_copies(outbox) == [staged]
+
+
+# --- item 6: races between the check and the open, and during the copy ---------------------------------
+
+
+def swap_before_open(monkeypatch: pytest.MonkeyPatch, victim: Path, swap: Callable[[], None]) -> None:
+    """Run `swap` just before the sender opens `victim` for reading: after the path was resolved and
+    checked, before the descriptor exists (the window the old check-then-copy left open)."""
+    real_open = os.open
+
+    def opening(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if os.fspath(path) == str(victim) and not flags & os.O_WRONLY:
+            swap()
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(sender_mod.os, "open", opening)
+
+
+def _to_symlink(victim: Path, target: Path) -> Callable[[], None]:
+    def swap() -> None:
+        victim.unlink()
+        victim.symlink_to(target)
+
+    return swap
+
+
+def _to_fifo(victim: Path) -> Callable[[], None]:
+    def swap() -> None:
+        victim.unlink()
+        os.mkfifo(victim)
+
+    return swap
+
+
+def _to_hard_link(victim: Path, target: Path) -> Callable[[], None]:
+    def swap() -> None:
+        victim.unlink()
+        os.link(target, victim)
+
+    return swap
+
+
+RACES = [
+    ("last component becomes a symlink to access.json", "symbolic link"),
+    ("folder in the path becomes a symlink to the state dir", "refusing to send channel state"),
+    ("file becomes a FIFO (would block a plain open)", "not a regular file"),
+    ("file becomes a hard link of chat.db-wal", "refusing to send channel state"),
+]
+
+
+@pytest.mark.parametrize(("case", "complaint"), RACES, ids=[r[0] for r in RACES])
+def test_a_swap_between_check_and_open_is_refused_and_nothing_is_sent(
+    sender: Sender, osa: Osa, outbox: Path, tmp_path: Path, state_dir: Path, chat_db: Path,
+    monkeypatch: pytest.MonkeyPatch, case: str, complaint: str,
+) -> None:  # fmt: skip
+    folder = tmp_path / "work" / "state-lookalike"
+    folder.mkdir(parents=True)
+    victim = folder / "access.json"  # same name as the state file, so a swapped folder lands on it
+    victim.write_bytes(ORIGINAL)
+    if case.startswith("last component"):
+        swap = _to_symlink(victim, state_dir / "access.json")
+    elif case.startswith("folder"):
+
+        def swap() -> None:
+            folder.rename(tmp_path / "work" / "moved")
+            folder.symlink_to(state_dir)
+
+    elif case.startswith("file becomes a FIFO"):
+        swap = _to_fifo(victim)
+    else:
+        swap = _to_hard_link(victim, sqlite_files(chat_db)[1])
+    swap_before_open(monkeypatch, victim, swap)
+
+    with pytest.raises(SendError, match=complaint) as err:
+        sender.send(DM, "look", [str(victim)])
+
+    assert err.value.sent_parts == 0 and not err.value.transient
+    assert err.value.message.startswith("sent 0 of 2 parts; part 2 (file access.json) failed: ")
+    assert osa.calls() == []
+    assert staged_copies(outbox) == []
+
+
+def test_a_file_that_grows_past_the_cap_while_copied_is_refused_and_its_partial_copy_removed(
+    osa: Osa, state_dir: Path, photo: Path, outbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sender = Sender(OsascriptBackend(), state_dir=state_dir, messages_dir=tmp_path / "Messages", max_file_bytes=1000)
+    photo.write_bytes(b"x" * 900)
+    real_fstat = os.fstat
+
+    def fstat_then_grow(fd: int) -> os.stat_result:
+        st = real_fstat(fd)  # the check sees 900 bytes …
+        with photo.open("ab") as fh:
+            fh.write(b"y" * 500)  # … the copy finds 1400
+        return st
+
+    monkeypatch.setattr(sender_mod.os, "fstat", fstat_then_grow)
+
+    with pytest.raises(SendError, match="grew past") as err:
+        sender.send(DM, "hi", [str(photo)])
+
+    assert err.value.sent_parts == 0
+    assert osa.calls() == []
+    assert staged_copies(outbox) == []
+    assert list(outbox.iterdir()) == []  # the copy's folder went too
+
+
+# --- item 6: the same file under another name --------------------------------------------------------
+
+
+ALIASES = [
+    ("hard link of access.json", lambda state, db: state / "access.json"),
+    ("hard link of a file in approved/", lambda state, db: state / "approved" / "friend@example.com"),
+    ("hard link of chat.db", lambda state, db: db),
+    ("hard link of chat.db-wal", lambda state, db: sqlite_files(db)[1]),
+    ("hard link of chat.db-shm", lambda state, db: sqlite_files(db)[2]),
+]
+
+
+@pytest.mark.parametrize(("case", "original"), ALIASES, ids=[a[0] for a in ALIASES])
+def test_another_name_for_a_protected_file_is_refused(
+    sender: Sender, osa: Osa, outbox: Path, tmp_path: Path, state_dir: Path, chat_db: Path,
+    case: str, original: Callable[[Path, Path], Path],
+) -> None:  # fmt: skip
+    """A hard link (and so a bind mount, or `…/IMESSAGE/access.json` on case-insensitive APFS: the same
+    inode under another spelling) passes any comparison of path strings; the descriptor's identity does not."""
+    alias = tmp_path / "innocent.txt"
+    os.link(original(state_dir, chat_db), alias)
+
+    with pytest.raises(SendError, match="refusing to send channel state"):
+        sender.send(DM, "x", [str(alias)])
+    assert osa.calls() == []
+    assert staged_copies(outbox) == []
+
+
+def test_a_state_file_kept_elsewhere_and_linked_in_is_protected_at_its_real_place(
+    sender: Sender, osa: Osa, tmp_path: Path, state_dir: Path
+) -> None:
+    dotfiles = tmp_path / "dotfiles"
+    dotfiles.mkdir()
+    real = dotfiles / "access.json"
+    (state_dir / "access.json").replace(real)
+    (state_dir / "access.json").symlink_to(real)
+
+    with pytest.raises(SendError, match="refusing to send channel state"):
+        sender.send(DM, "x", [str(real)])
+    assert osa.calls() == []
+
+
+@pytest.mark.parametrize(
+    ("name", "complaint"),
+    [
+        ("relative/photo.jpg", "not an absolute path"),
+        ("/dev/zero", "not a regular file"),
+        ("/dev/null", "not a regular file"),
+    ],
+    ids=["relative path", "/dev/zero", "/dev/null"],
+)
+def test_paths_that_are_not_a_plain_absolute_file_are_refused(
+    sender: Sender, osa: Osa, name: str, complaint: str
+) -> None:
+    with pytest.raises(SendError, match=complaint):
+        sender.send(DM, "x", [name])
+    assert osa.calls() == []
+
+
+def test_a_symlink_to_an_ordinary_file_is_sent_as_its_target(sender: Sender, osa: Osa, photo: Path, tmp_path: Path):
+    link = tmp_path / "link-to-photo.jpg"
+    link.symlink_to(photo)
+
+    sender.send(DM, "", [str(link)])
+
+    staged = Path(osa.calls()[0]["argv"][1])
+    assert staged.name == "photo.jpg" and staged.read_bytes() == ORIGINAL
+
+
+def test_every_file_is_staged_before_any_text_and_a_refused_one_leaves_no_copies(
+    sender: Sender, osa: Osa, photo: Path, outbox: Path, tmp_path: Path
+) -> None:
+    second = tmp_path / "second.txt"
+    second.write_text("two")
+
+    with pytest.raises(SendError, match=r"part 4 \(file missing.png\) failed: file not found"):
+        sender.send(DM, "text", [str(photo), str(second), str(tmp_path / "missing.png")])
+
+    assert osa.calls() == []
+    assert staged_copies(outbox) == []
+
+
+def test_when_a_part_fails_the_copies_not_yet_handed_to_messages_are_removed(
+    sender: Sender, osa: Osa, photo: Path, outbox: Path, tmp_path: Path
+) -> None:
+    second = tmp_path / "second.txt"
+    second.write_text("two")
+    osa.mode("ok", "exit-1")  # the text goes, the first file fails
+
+    with pytest.raises(SendError, match=r"sent 1 of 3 parts; part 2 \(file photo.jpg\) failed"):
+        sender.send(DM, "text", [str(photo), str(second)])
+
+    handed_over = Path(osa.calls()[1]["argv"][1])
+    assert staged_copies(outbox) == [handed_over]  # Messages may still read it; the unsent one is gone
 
 
 # --- item 11: limits ---------------------------------------------------------------------------------
@@ -149,9 +431,6 @@ def test_the_sender_itself_refuses_too_many_parts_or_files_before_sending(sender
     assert osa.calls() == []
 
 
-# --- item 11: mention patterns -------------------------------------------------------------------
-
-
 PATTERN_CASES = [
     ("catastrophic backtracking pattern, long text", "a" * 100_000 + "!", ["^(a+)+$"], False),
     ("catastrophic pattern still matches what it should", "a" * 50, ["^(a+)+$"], True),
@@ -190,7 +469,7 @@ def test_an_invalid_pattern_is_logged_once_per_file_version(
     assert caplog.text.count("skipping invalid regex") == 1
 
 
-# --- against the real server --------------------------------------------------------------------
+# --- items 6 and 11 against the real server ----------------------------------------------------------
 
 
 class World:
@@ -226,6 +505,30 @@ def world(tmp_path: Path) -> Iterator[World]:
     w = World(tmp_path, {"allowFrom": []}, env={"IMESSAGE_APPEND_SIGNATURE": "false"})
     yield w
     w.close()
+
+
+def test_server_sends_the_checked_file_even_if_it_becomes_a_link_to_access_json(tmp_path: Path) -> None:
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(ORIGINAL)
+    state = tmp_path / "home" / "state"
+    swap = {"FAKE_OSASCRIPT_SWAP_PATH": str(photo), "FAKE_OSASCRIPT_SWAP_TO": str(state / "access.json")}
+    w = World(tmp_path, {"allowFrom": ["secret@example.com"]}, env=swap, osascript_mode="swap,ok")
+    try:
+        result = w.reply("the photo", [str(photo)])
+        assert result.get("isError") is not True, result
+        staged = Path(w.server.wait_osascript(2)[1]["argv"][1])
+        assert photo.is_symlink()  # the swap happened, while the text was being sent
+        assert staged.read_bytes() == ORIGINAL
+    finally:
+        w.close()
+
+
+def test_server_refuses_a_hard_link_of_chat_db(world: World, tmp_path: Path) -> None:
+    alias = tmp_path / "notes.db"
+    os.link(world.db, alias)
+    result = world.reply("see attached", [str(alias)])
+    assert result["isError"] is True and "refusing to send channel state" in result["content"][0]["text"]
+    assert world.server.osascript_calls() == []
 
 
 @pytest.mark.parametrize(
