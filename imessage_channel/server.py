@@ -647,8 +647,8 @@ class Channel:
         if self.config.relay_permissions:
             experimental["claude/channel/permission"] = {}
         init = self.server.create_initialization_options(experimental_capabilities=experimental)
-        stdin: Any = StdinLines()
         stdout: Any = StdoutLines(on_written=self._written)
+        stdin: Any = StdinLines(replies=stdout)  # malformed lines are answered through the same writer
         # One scope around the transport too: cancelling it also ends the SDK's stdio reader and
         # writer tasks, which otherwise wait for EOF (a signal or a dead parent leaves stdin open).
         with anyio.CancelScope() as scope:

@@ -1,11 +1,15 @@
-"""Hostile input on the way out: nothing a sender or a tool call does can blind the channel. Items of the
-issue "Nothing a sender, a clock or a crash does can blind the channel":
+"""Hostile input on the way out and on the wire: nothing a sender, a tool call or a stray line does can
+blind the channel. Items of the issue "Nothing a sender, a clock or a crash does can blind the channel":
 
 - 6. `reply` files are opened once (no final symlink followed), checked on the open descriptor (regular,
   ≤ 100 MB, not one of the state dir's files nor chat.db/-wal/-shm, by device and inode) and copied from
   that descriptor with a byte cap, every file staged before any text is sent, partial copies removed.
   Races are made deterministic: the fake osascript swaps the file while the text part is "sent" (mode
   `swap`), or a wrapper around `os.open`/`os.fstat` swaps or grows it between the check and the open/copy.
+- 10. Malformed JSON-RPC lines get their JSON-RPC 2.0 error (-32700 / -32600 / -32602, the request's id when
+  it has a usable one, else null) written through the server's one stdout writer, and the server keeps
+  serving; valid messages pass untouched; an over-long line is discarded as it arrives (memory stays far
+  below its size) and answered once, with its id when one is at its top level.
 - 11. Limits: `textChunkLimit` below 1 is ignored (default used, logged), above 10000 clamped; a reply is at
   most `MAX_TEXT_PARTS` texts and `MAX_FILES` files, else refused whole with an error saying so; mention
   patterns run on RE2, so a pathological pattern cannot stall delivery and an invalid one is skipped with a log.
@@ -44,6 +48,7 @@ from imessage_channel.sender import (
     text_parts,
 )
 from imessage_channel.simulator import MessagesSimulator
+from imessage_channel.wire import IdScanner, LineSplitter, Oversized, screen
 from tests.harness import FAKES_BIN, ServerProcess
 
 DM = "iMessage;-;+15555550123"
@@ -578,3 +583,157 @@ def test_server_delivery_is_not_stalled_by_a_pathological_mention_pattern(tmp_pa
         assert "skipping invalid regex '(?<=x)claude'" in w.server.stderr()
     finally:
         w.close()
+
+
+# --- item 10: malformed JSON-RPC gets its error, the server keeps serving ------------------------------
+
+
+def _request(rid: object, method: str = "tools/list", **extra: object) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": rid, "method": method, **extra}).encode()
+
+
+SURROGATE_REPLY = (
+    b'{"jsonrpc":"2.0","id":9013,"method":"tools/call","params":{"name":"reply","arguments":'
+    b'{"chat_id":"x","text":"half an emoji \\ud83d"}}}'
+)
+
+WIRE_CASES: list[tuple[str, bytes, list[tuple[int, object]]]] = [
+    ("not JSON", b"hello there", [(-32700, None)]),
+    ("truncated object", b'{"jsonrpc":"2.0","id":9007,"method":"tools/list"', [(-32700, None)]),
+    ("trailing garbage", _request(9007) + b" and more", [(-32700, None)]),
+    ("lone surrogate escape", SURROGATE_REPLY, [(-32700, 9013)]),
+    ("not UTF-8", b'{"jsonrpc":"2.0","id":9014,"method":"tools/list","params":{"x":"\xff"}}', [(-32700, 9014)]),
+    ("empty batch", b"[]", [(-32600, None)]),
+    ("batch of two requests", b"[%s,%s]" % (_request(9008), _request("9", "ping")), [(-32600, 9008), (-32600, "9")]),
+    ("batch of notifications", b'[{"jsonrpc":"2.0","method":"notifications/x"}]', [(-32600, None)]),
+    ("a number", b"42", [(-32600, None)]),
+    ("missing method", b'{"jsonrpc":"2.0","id":9010}', [(-32600, 9010)]),
+    ("jsonrpc 1.0", b'{"jsonrpc":"1.0","id":9011,"method":"tools/list"}', [(-32600, 9011)]),
+    ("no jsonrpc member", b'{"id":"twelve","method":"tools/list"}', [(-32600, "twelve")]),
+    ("method not a string", b'{"jsonrpc":"2.0","id":9015,"method":42}', [(-32600, 9015)]),
+    ("id true", _request(True), [(-32600, None)]),
+    ("id 1.5", _request(1.5), [(-32600, None)]),
+    ("id null", _request(None), [(-32600, None)]),
+    ("id an object", _request({"n": 1}), [(-32600, None)]),
+    ("positional params", _request(9016, params=[1, 2]), [(-32602, 9016)]),
+    ("params a string", _request(9017, params="x"), [(-32600, 9017)]),
+    ("invalid notification", b'{"jsonrpc":"2.0","method":"notifications/x","params":5}', [(-32600, None)]),
+    ("malformed response: dropped, not answered", b'{"jsonrpc":"2.0","id":9018,"result":5}', []),
+    ("valid response from the client passes", b'{"jsonrpc":"2.0","id":"srv-1","result":{}}', []),
+    ("valid notification passes", b'{"jsonrpc":"2.0","method":"notifications/progress","params":{}}', []),
+    ("blank and white-space lines are skipped", b"\n   \r\n\t", []),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def wire_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the whole table: every case also proves it kept serving after the ones before. Ids in
+    the table are 90xx, strings or odd values, so they never collide with the harness's own request ids."""
+    tmp = tmp_path_factory.mktemp("wire")
+    server = ServerProcess(create_chatdb(tmp / "chat.db", "sequoia"), tmp / "home")
+    server.start()
+    server.initialize()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize(("case", "line", "expected"), WIRE_CASES, ids=[c[0] for c in WIRE_CASES])
+def test_a_malformed_line_gets_its_json_rpc_error_and_the_server_keeps_serving(
+    wire_server: ServerProcess, case: str, line: bytes, expected: list[tuple[int, object]]
+) -> None:
+    before = len(wire_server.errors())
+    wire_server.send_raw(line + b"\n")
+    # Errors are written when the reader reaches their line, so before the answer to any later request.
+    assert "result" in wire_server.request("ping")
+    errors = wire_server.errors()[before:]
+    assert [(e["error"]["code"], e["id"]) for e in errors] == expected
+    assert all(e["jsonrpc"] == "2.0" and e["error"]["message"] for e in errors)
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.parametrize("where", ["id first", "id last, after params (Claude Code's order)"])
+def test_an_over_long_line_is_discarded_unbuffered_and_answered_once_with_its_id(tmp_path: Path, where: str) -> None:
+    server = ServerProcess(create_chatdb(tmp_path / "chat.db", "sequoia"), tmp_path / "home")
+    server.start()
+    try:
+        server.initialize()
+        pid = server.proc.pid
+        measurable = Path(f"/proc/{pid}/status").exists()
+        before = _vm_hwm_kib(pid) if measurable else 0
+        text = "x" * (64 * 1024 * 1024)  # 64 MB: four times the 16 MiB cap
+        params = {"name": "reply", "arguments": {"chat_id": "any;-;x", "text": text}}
+        head = {"jsonrpc": "2.0", "id": "big-1", "method": "tools/call"}
+        message = (
+            {**head, "params": params}
+            if where == "id first"
+            else {"method": "tools/call", "params": params, "jsonrpc": "2.0", "id": "big-1"}
+        )
+        line = json.dumps(message).encode()
+        del text, params, message
+        server.send_raw(line + b"\n")
+        del line
+        assert "result" in server.request("ping")
+        errors = server.errors()
+        assert [(e["error"]["code"], e["id"]) for e in errors] == [(-32600, "big-1")]
+        assert "over the limit" in errors[0]["error"]["message"]
+        assert server.osascript_calls() == []
+        if measurable:  # peak RSS: the old reader grew by the whole line (66 MB); now by about the 16 MiB cap
+            assert _vm_hwm_kib(pid) - before < 32 * 1024
+    finally:
+        server.stop()
+
+
+def test_an_over_long_line_split_across_reads_at_awkward_places_is_still_one_error() -> None:
+    splitter = LineSplitter(cap=64)
+    line = b'{"method":"x","params":{"t":"' + b'a\\"b' * 40 + b'","id":"inner"},"id":"outer \\"q\\""}'
+    items: list[object] = []
+    for i in range(len(line)):  # one byte at a time: every escape and quote split from what follows
+        items += splitter.feed(line[i : i + 1])
+    items += splitter.feed(b"\n" + _request(1) + b"\n")
+    assert len(items) == 2
+    oversized, normal = items
+    assert isinstance(oversized, Oversized) and oversized.size == len(line)
+    assert oversized.request_id == 'outer "q"' and not oversized.is_response
+    assert normal == _request(1)
+
+
+@pytest.mark.parametrize(
+    ("text", "request_id", "is_response"),
+    [
+        (b'{"jsonrpc":"2.0","id":5,"method":"m","params":{"id":6}}', 5, False),
+        (b'{"params":{"id":6,"deep":[{"id":7}]},"id":"last"}', "last", False),
+        (b'{"id":{"n":1},"method":"m"}', None, False),
+        (b'{"id":true,"method":"m"}', None, False),
+        (b'{"\\u0069d":9,"method":"m"}', 9, False),
+        (b'{"jsonrpc":"2.0","id":3,"result":{"id":4}}', 3, True),
+        (b'[{"id":1,"method":"m"}]', None, False),
+        (b'{"method":"m","params":{"text":"no id anywhere"}}', None, False),
+    ],
+    ids=["id first", "id after params", "object id", "bool id", "escaped key", "response", "batch", "no id"],
+)
+def test_id_scanner_reads_only_the_top_level_id(text: bytes, request_id: object, is_response: bool) -> None:
+    scanner = IdScanner()
+    for i in range(0, len(text), 3):
+        scanner.feed(text[i : i + 3])
+    assert (scanner.request_id, scanner.is_response) == (request_id, is_response)
+
+
+def test_valid_lines_pass_to_the_sdk_untouched() -> None:
+    for line in [_request(1), b'{"jsonrpc":"2.0","method":"notifications/initialized"}',
+                 b'  {"jsonrpc":"2.0","id":"r","result":{}}  \r', '{"jsonrpc":"2.0","id":2,"method":"m","params":'
+                 '{"t":"caf\u00e9 \\ud83d\\ude00 \U0001f600"}}'.encode()]:  # fmt: skip
+        assert screen(line) == line.decode()
+
+
+@pytest.mark.parametrize(("size", "kept"), [(10, True), (11, False)], ids=["at the cap", "one byte over"])
+def test_the_line_cap_is_exact(size: int, kept: bool) -> None:
+    splitter = LineSplitter(cap=10)
+    items = [*splitter.feed(b"a" * (size - 3)), *splitter.feed(b"aaa\nrest"), *splitter.close()]
+    assert items[0] == b"a" * size if kept else items[0] == Oversized(size, None, False)
+    assert items[1:] == [b"rest"]
