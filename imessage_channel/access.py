@@ -558,8 +558,9 @@ class AccessStore:
     A file that is not JSON or not of the schema's shape is moved aside to
     `access.json.corrupt-<UTC timestamp>` (never over an existing file), a warning is logged on
     logger "imessage_channel.access", and the defaults are used. An unreadable file (permissions)
-    raises `OSError`. Regexes in `mentionPatterns` that do not compile are logged once per new file
-    version; the gate skips them.
+    raises `OSError`. Regexes in `mentionPatterns` that RE2 cannot compile (`imessage_channel.patterns`) and a
+    `textChunkLimit` out of 1..10000 are logged once per new file version; the gate skips such regexes and
+    `Access.effective_text_chunk_limit` corrects the limit.
     """
 
     def __init__(self, state: Path, *, static: bool = False, clock: Clock = SYSTEM) -> None:
