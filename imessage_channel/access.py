@@ -44,7 +44,6 @@ import itertools
 import json
 import logging
 import os
-import re
 import secrets
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -56,6 +55,7 @@ from typing import Any
 
 from imessage_channel.clock import SYSTEM, Clock
 from imessage_channel.handles import normalize_handle
+from imessage_channel.patterns import pattern_error
 
 log = logging.getLogger("imessage_channel.access")
 
@@ -169,9 +169,18 @@ class Access:
 
     @property
     def effective_text_chunk_limit(self) -> int:
-        """`textChunkLimit` clamped to 1..10000; 10000 when absent (official server.ts `reply`)."""
-        limit = MAX_TEXT_CHUNK_LIMIT if self.text_chunk_limit is None else self.text_chunk_limit
-        return max(1, min(limit, MAX_TEXT_CHUNK_LIMIT))
+        """Characters per sent part: `textChunkLimit` when it is 1..10000, 10000 when it is larger (the
+        official server.ts clamps it to `MAX_CHUNK_LIMIT`), and the default 10000 when it is absent or
+        not positive.
+
+        Deliberately unlike server.ts, which clamps 0 and negatives up to 1 (one character per message:
+        `textChunkLimit: -5` turned 40 characters into 33 texts): a value below 1 is a mistake, not a wish
+        for one-letter messages, so it is ignored. `AccessStore` logs both corrections once per file version.
+        """
+        limit = self.text_chunk_limit
+        if limit is None or limit < 1:
+            return MAX_TEXT_CHUNK_LIMIT
+        return min(limit, MAX_TEXT_CHUNK_LIMIT)
 
     @property
     def effective_chunk_mode(self) -> ChunkMode:
@@ -549,8 +558,9 @@ class AccessStore:
     A file that is not JSON or not of the schema's shape is moved aside to
     `access.json.corrupt-<UTC timestamp>` (never over an existing file), a warning is logged on
     logger "imessage_channel.access", and the defaults are used. An unreadable file (permissions)
-    raises `OSError`. Regexes in `mentionPatterns` that do not compile are logged once per new file
-    version; the gate skips them.
+    raises `OSError`. Regexes in `mentionPatterns` that RE2 cannot compile (`imessage_channel.patterns`) and a
+    `textChunkLimit` out of 1..10000 are logged once per new file version; the gate skips such regexes and
+    `Access.effective_text_chunk_limit` corrects the limit.
     """
 
     def __init__(self, state: Path, *, static: bool = False, clock: Clock = SYSTEM) -> None:
@@ -615,6 +625,7 @@ class AccessStore:
                 self._move_corrupt_aside(key, exc, holding_lock=holding_lock)
                 return self._read(holding_lock=holding_lock)  # now missing, or a writer's new file
             _log_bad_patterns(access.mention_patterns or ())
+            _log_bad_chunk_limit(access.text_chunk_limit)
         self._cached = (key, access)
         return access
 
@@ -649,12 +660,25 @@ def _move_aside(path: Path, now: datetime) -> Path:
     raise AssertionError("unreachable")
 
 
+def _log_bad_chunk_limit(limit: int | None) -> None:
+    """Warn when `textChunkLimit` is out of range (see `Access.effective_text_chunk_limit`)."""
+    if limit is None:
+        return
+    if limit < 1:
+        log.warning(
+            "textChunkLimit %d is not a positive number of characters; ignoring it (using %d)",
+            limit,
+            MAX_TEXT_CHUNK_LIMIT,
+        )
+    elif limit > MAX_TEXT_CHUNK_LIMIT:
+        log.warning("textChunkLimit %d is over the maximum; using %d", limit, MAX_TEXT_CHUNK_LIMIT)
+
+
 def _log_bad_patterns(patterns: tuple[str, ...]) -> None:
+    """Warn about each `mentionPatterns` entry the gate will skip (RE2 cannot compile it)."""
     for pattern in patterns:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            log.warning("mentionPatterns: skipping invalid regex %r (%s)", pattern, exc)
+        if (reason := pattern_error(pattern)) is not None:
+            log.warning("mentionPatterns: skipping invalid regex %r (%s)", pattern, reason)
 
 
 # --- approved/ ----------------------------------------------------------------------------------

@@ -64,10 +64,14 @@ from .outbox import RETRY_FOR_S, Outbox, Queued
 from .render import first_words, render_conversation
 from .sender import (
     DEFAULT_SIGNATURE,
+    MAX_FILES,
+    MAX_TEXT_PARTS,
     OsascriptBackend,
     Sender,
     SendError,
+    check_reply_size,
     default_backend,
+    sqlite_files,
     text_parts,
 )
 from .transport import StdinLines, StdoutLines
@@ -128,14 +132,20 @@ TOOLS = [
         name="reply",
         description=(
             "Send an iMessage to a chat the channel delivered from (self-chat, an allowlisted DM or a configured "
-            "group). Long texts are split into parts. `files` are absolute paths sent as attachments (max 100 MB each)."
+            f"group). Long texts are split into parts, at most {MAX_TEXT_PARTS} per reply (a longer reply is refused "
+            f"whole). `files`: up to {MAX_FILES} absolute paths sent as attachments (max 100 MB each)."
         ),
         input_schema={
             "type": "object",
             "properties": {
                 "chat_id": {"type": "string", "description": "chat_id of the event you answer"},
                 "text": {"type": "string", "description": "the message text"},
-                "files": {"type": "array", "items": {"type": "string"}, "description": "absolute file paths"},
+                "files": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "maxItems": MAX_FILES,
+                    "description": "absolute file paths",
+                },
             },
             "required": ["chat_id", "text"],
         },
@@ -479,7 +489,11 @@ class Channel:
         limit, mode = access.effective_text_chunk_limit, access.effective_chunk_mode.value
         self_chat = self.pipeline.is_self_chat(chat_id)
         signature = reply_signature(access, self.config.append_signature)
-        parts = text_parts(text, limit, mode, signature)
+        try:
+            check_reply_size(0, len(files))
+            parts = await anyio.to_thread.run_sync(text_parts, text, limit, mode, signature)
+        except SendError as exc:  # over MAX_TEXT_PARTS / MAX_FILES: refused whole, before any echo is recorded
+            return _error(str(exc))
         for part in parts:
             self.echo.record(chat_id, part, self_chat=self_chat)
         try:
@@ -648,8 +662,8 @@ class Channel:
         if self.config.relay_permissions:
             experimental["claude/channel/permission"] = {}
         init = self.server.create_initialization_options(experimental_capabilities=experimental)
-        stdin: Any = StdinLines()
         stdout: Any = StdoutLines(on_written=self._written)
+        stdin: Any = StdinLines(replies=stdout)  # malformed lines are answered through the same writer
         # One scope around the transport too: cancelling it also ends the SDK's stdio reader and
         # writer tasks, which otherwise wait for EOF (a signal or a dead parent leaves stdin open).
         with anyio.CancelScope() as scope:
@@ -711,7 +725,7 @@ def main() -> int:
         print(f"imessage-channel: {exc}", file=sys.stderr)
         return 2
     backend = OsascriptBackend() if os.environ.get("IMESSAGE_APPLESCRIPT_BACKEND") == "osascript" else default_backend()
-    sender = Sender(backend, state_dir=config.state_dir)
+    sender = Sender(backend, state_dir=config.state_dir, protected=sqlite_files(config.db_path))
     channel = Channel(config, db, sender)
     log.info("reading %s from ROWID %d", config.db_path, channel.pipeline.watermark)
     log.info(

@@ -157,6 +157,17 @@ class ServerProcess:
         self.proc.stdin.write((json.dumps(message) + "\n").encode())
         self.proc.stdin.flush()
 
+    def send_raw(self, data: bytes) -> None:
+        """Write `data` to the server's stdin exactly as given: malformed, partial or several lines."""
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def errors(self) -> list[dict[str, Any]]:
+        """Every JSON-RPC error response the server wrote, in order (including those with `id: null`)."""
+        with self._cond:
+            return [m for m in (json.loads(line) for line in self._raw) if "error" in m and "method" not in m]
+
     def request(self, method: str, params: dict[str, Any] | None = None, timeout: float = 15) -> dict[str, Any]:
         """Send a request and return its whole response message (with `result` or `error`)."""
         self._next_id += 1
