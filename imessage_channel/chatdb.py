@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import plistlib
+import re
 import sqlite3
 import threading
 import time
@@ -102,7 +103,8 @@ Source: design §4; imessage-exporter's `Tapback` variants."""
 @dataclass(frozen=True, slots=True)
 class Tapback:
     """A reaction row. `target_guid` is the reacted-to message's GUID with the `p:N/` or `bp:`
-    prefix removed; `target_part` is N (the message part, 0 for the text) or None."""
+    prefix removed, or "" when the column does not hold a GUID-shaped value (`message_guid`);
+    `target_part` is N (the message part, 0 for the text) or None."""
 
     reaction: str
     emoji: str
@@ -195,6 +197,8 @@ class Message:
     - `date`: UTC; from ns or legacy seconds. `text`: from `text`, else from the decoded
       `attributedBody`, with U+FFFC attachment placeholders removed and ends stripped.
     - `is_audio_message`: `message.is_audio_message` (a voice message recorded in Messages).
+    - `reply_to`: `thread_originator_guid` when GUID-shaped (`message_guid`), else None — also for a reply
+      (`kind` REPLY) whose sender's client wrote something else there.
     """
 
     rowid: int
@@ -262,16 +266,69 @@ def parse_associated_guid(value: str | None) -> tuple[str, int | None] | None:
     return value, None
 
 
+GUID_SHAPE = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+"""What a message GUID in chat.db looks like: a UUID in its 8-4-4-4-12 hex form, 36 ASCII characters.
+
+Sources: every `message.guid` and `attachment.guid` of the real Ventura chat.db in `fixtures/reference`
+(uppercase, e.g. `D7CEBAED-9844-4B25-B841-F7748EA3BCAD`); imessage-exporter's `Message::clean_associated_guid`
+(imessage-database `tables/messages/message.rs`), which keeps exactly 36 characters after a `p:N/` or `bp:`
+prefix, with tests on `p:1/A44CE9D7-AAAA-BBBB-CCCC-23C54E1A9B6A` and `bp:…` that reject `FAKE_GUID`.
+BlueBubbles' server (`databases/imessage/entity/Message.ts`) hands the column to its clients unparsed; no
+other form turned up there. Lowercase hex is accepted as well (it cannot carry anything harmful); nothing
+else is: no braces, no dashless form, no suffix."""
+
+PLAIN_ID_LIMIT = 320
+"""Longest `plain_id`: a chat GUID is a service prefix (`iMessage;-;`, `any;+;`) plus a handle or group id;
+an email address is at most 254 characters."""
+
+_PLAIN_ID = re.compile(rf"[!#-;=?-\[\]-~]{{1,{PLAIN_ID_LIMIT}}}")
+"""Printable ASCII (0x21–0x7E) except `"` (0x22), `<` (0x3C), `>` (0x3E) and `\\` (0x5C)."""
+
+
+def message_guid(value: object) -> str | None:
+    """The message GUID named by a sender-set column, or None when it is not GUID-shaped.
+
+    For `thread_originator_guid` (an inline reply's target) and `associated_message_guid` (a reaction's
+    target): the sender's client chooses these values and Messages stores them as received, so they reach
+    meta (`reply_to`, `reaction_to`) only through this check. The `p:N/` and `bp:` prefixes are stripped
+    (`parse_associated_guid`); what remains must match `GUID_SHAPE` exactly. A value that is not a `str`
+    (a BLOB, NULL) gives None. Never raises.
+    """
+    if not isinstance(value, str):
+        return None
+    parsed = parse_associated_guid(value)
+    if parsed is None or not GUID_SHAPE.fullmatch(parsed[0]):
+        return None
+    return parsed[0]
+
+
+def plain_id(value: object) -> str | None:
+    """`value` when it is a plain identifier that can stand in a meta value as it is, else None.
+
+    For `message.guid` (`message_id`) and `chat.guid` (`chat_id`): Messages writes them, but from what the
+    sending device sent (the message's UUID, a group's id), so they are checked too — more loosely than
+    `message_guid`, since chat GUIDs hold handles (`iMessage;-;+15551234567`, `any;+;chat123…`,
+    `iMessage;-;o'brien@example.com`). Plain: 1 to `PLAIN_ID_LIMIT` printable ASCII characters, none of
+    them white space or `"` `<` `>` `\\` (which could end an attribute, open a tag or start an escape where
+    Claude Code renders meta as `key="value"`). A row failing this is not delivered (its `chat_id` could
+    not be answered safely anyway). Never raises.
+    """
+    return value if isinstance(value, str) and _PLAIN_ID.fullmatch(value) else None
+
+
 def tapback_of(assoc_type: int, guid: str | None, emoji: str | None) -> Tapback | None:
     """Build a `Tapback` from `associated_message_type` (2000–2007 add, 3000–3007 remove), the
-    associated GUID and `associated_message_emoji` (Sequoia+). None when the type is not a tapback."""
+    associated GUID and `associated_message_emoji` (Sequoia+). None when the type is not a tapback.
+    `target_guid` is "" (and `target_part` None) unless the associated GUID is
+    GUID-shaped (`message_guid`): the sender's client sets that column."""
     if 2000 <= assoc_type <= 2007:
         removed, code = False, assoc_type - 2000
     elif 3000 <= assoc_type <= 3007:
         removed, code = True, assoc_type - 3000
     else:
         return None
-    target = parse_associated_guid(guid) or ("", None)
+    parsed = parse_associated_guid(guid)
+    target = parsed if parsed is not None and message_guid(guid) is not None else ("", None)
     name, default_emoji = TAPBACKS[code]
     return Tapback(name, emoji or default_emoji, target[0], target[1], removed)
 
@@ -646,7 +703,7 @@ class ChatDB:
             kind=kind,
             attachments=attachments,
             tapback=tapback_of(assoc_type, get("associated_message_guid"), emoji),  # type: ignore[arg-type]
-            reply_to=thread,  # type: ignore[arg-type]
+            reply_to=message_guid(thread),
             account=account,  # type: ignore[arg-type]
             destination_caller_id=get("destination_caller_id") or None,  # type: ignore[arg-type]
             item_type=item_type,

@@ -22,8 +22,10 @@ in this order (design §2, §5):
 
 `poll()` returns `Action`s — `Deliver`, `PermissionVerdict`, `Send` — and the decisions it took (for
 logs and `imessage-channel watch`). It performs no MCP or AppleScript I/O itself: the server executes
-the actions. Untrusted text only ever lands in `content`; meta values come from chat.db columns (file
-names, which senders choose, are flattened by `media.safe_name`).
+the actions. Untrusted text only ever lands in `content`; meta values come from chat.db columns, and those
+a sender's client can choose are checked first: file names are flattened by `media.safe_name`, reply and
+reaction targets must be GUID-shaped (`chatdb.message_guid`, else left out), and a row whose own GUID or
+chat GUID is not a plain id (`chatdb.plain_id`) is not delivered (reason `unsafe-id`).
 
 Rich messages (what each delivered row becomes, see `_event`):
 - *attachments*: every file on disk is listed in `attachments` (JSON `{path, mime, name, size[, original]}`,
@@ -57,7 +59,7 @@ from datetime import UTC, datetime, timedelta
 from . import access as access_mod
 from .access import AccessStore
 from .appletime import from_apple, to_apple_ns
-from .chatdb import Attachment, ChatDB, Kind, Message, is_self_chat
+from .chatdb import Attachment, ChatDB, Kind, Message, is_self_chat, plain_id
 from .clock import SYSTEM, Clock
 from .delivery import RECENT_LIMIT, DeliveryLedger
 from .echo import EchoFilter, conversation_key, normalize_text
@@ -303,6 +305,9 @@ class InboundPipeline:
             self._held_since.pop(msg.rowid, None)
             if msg.chat_guid is None:
                 verdict, reason, acts = "drop", "no-chat", []
+            elif plain_id(msg.guid) is None or plain_id(msg.chat_guid) is None:
+                log.warning("message ROWID %d: its GUID or chat GUID is not a plain id; not delivered", msg.rowid)
+                verdict, reason, acts = "drop", "unsafe-id", []
             else:
                 verdict, reason, acts = self._decide(msg)
             decisions.append(RowDecision(msg, verdict, reason))
@@ -496,8 +501,9 @@ class InboundPipeline:
         if msg.attachments:
             labels = self._attachments(msg, self_chat, meta)
             content = content or labels
-        if msg.reply_to:
-            meta["reply_to"] = msg.reply_to
+        if msg.reply_to or msg.kind is Kind.REPLY:
+            if msg.reply_to:  # GUID-shaped only (chatdb.message_guid): the sender's client wrote it
+                meta["reply_to"] = msg.reply_to
             content = f"↩ reply to {self._target(msg, msg.reply_to)}\n{content}"
         if msg.kind is Kind.EDIT:
             meta["edited"] = "true"
@@ -505,17 +511,18 @@ class InboundPipeline:
             content = f"{reaction_phrase(msg.tapback)} {self._target(msg, msg.tapback.target_guid)}"
             meta["kind"] = "reaction"
             meta["reaction"] = msg.tapback.reaction
-            meta["reaction_to"] = msg.tapback.target_guid
+            if msg.tapback.target_guid:  # "" unless GUID-shaped (chatdb.tapback_of)
+                meta["reaction_to"] = msg.tapback.target_guid
             if msg.tapback.removed:
                 meta["reaction_removed"] = "true"
         if msg.rowid <= self.catchup_until:
             meta["catch_up"] = "true"
         return Deliver(content, meta, msg.rowid)
 
-    def _target(self, msg: Message, guid: str) -> str:
+    def _target(self, msg: Message, guid: str | None) -> str:
         """`your message "Done: 3 files…"`: whose message `guid` is and its first words (one lookup by
-        the unique `message.guid`), or `a message` when it is not in chat.db."""
-        target = self.db.message_by_guid(guid)
+        the unique `message.guid`), or `a message` when it is not in chat.db or there is no GUID."""
+        target = self.db.message_by_guid(guid) if guid else None
         quoted = quote_of(target) if target is not None else ""
         return f'{whose_message(target, msg)} "{quoted}"' if quoted else whose_message(target, msg)
 

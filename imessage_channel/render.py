@@ -137,7 +137,7 @@ def describe(msg: Message, quote: QuoteLookup | None = None) -> str:
         return "(changed the group)"
     if msg.kind is Kind.RECEIPT:
         return "(receipt)"
-    if msg.reply_to:
+    if msg.reply_to or msg.kind is Kind.REPLY:
         text = f"↩ reply to {quoted(msg.reply_to)}: {text}"
     if msg.kind is Kind.EDIT:
         text += " (edited)"

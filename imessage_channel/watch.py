@@ -84,6 +84,7 @@ DROPPED: dict[str, tuple[str, _Hint | None]] = {
     "group_event": ("group event", None),
     "unsend": ("unsent message", None),
     "no-chat": ("Messages never joined it to a chat", None),
+    "unsafe-id": ("its GUID or chat GUID holds characters that could forge meta", None),
     "backfill": ("backfill: an old message re-inserted by iCloud sync or a rebuild", None),
     "icloud-duplicate": ("second copy of a message iCloud wrote twice", None),
     "already-delivered": ("already delivered", None),
