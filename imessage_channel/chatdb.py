@@ -74,17 +74,40 @@ FULL_DISK_ACCESS_HELP = (
 
 
 class Kind(StrEnum):
-    """What a `message` row is, as the channel sees it (first match wins, in this order)."""
+    """What a `message` row is, as the channel sees it (first match wins, in this order).
+
+    The `associated_message_type` and `item_type` values are imessage-exporter's classification
+    (imessage-database `tables/messages/message.rs`: `Message::variant`, `get_announcement`,
+    `is_kept_audio_message`, `started_sharing_location`, `is_shareplay`; `GroupAction::from_message`)."""
 
     UNSEND = "unsend"  # date_retracted set: the sender took the message back (Ventura+)
     EDIT = "edit"  # date_edited set: the text was edited after sending (Ventura+)
-    TAPBACK = "tapback"  # associated_message_type 2000–2007
+    TAPBACK = "tapback"  # associated_message_type 2000–2007, or 1000: a sticker placed on a bubble
     TAPBACK_REMOVAL = "tapback_removal"  # associated_message_type 3000–3007
-    GROUP_EVENT = "group_event"  # item_type ≠ 0: member added/removed, renamed, photo changed, left
+    GROUP_EVENT = "group_event"  # item_type 1 member added/removed, 2 renamed, 3 left / photo changed
+    LOCATION_SHARING = "location_sharing"  # item_type 4: started (share_status 0) or stopped sharing location
+    AUDIO_KEPT = "audio_kept"  # item_type 5: someone kept an audio message (which would otherwise expire)
+    SHAREPLAY = "shareplay"  # item_type 6: a SharePlay / FaceTime session in the chat
+    OTHER_EVENT = "other_event"  # any other item_type ≠ 0: a notice of a kind this version does not know
     REPLY = "reply"  # thread_originator_guid set: an inline reply
     TEXT = "text"  # an ordinary message with text and/or attachments
     RECEIPT = "receipt"  # no text, no attachment: whitespace-only rows Messages writes for receipts
 
+
+STICKER_PLACED = 1000
+"""`associated_message_type` of a sticker dragged onto a message bubble: a reaction to that message, delivered
+like the iOS 18 sticker tapback (2007) with `reaction="sticker"`; the row carries the sticker as an attachment
+(`is_sticker`). imessage-exporter: `1000 => Variant::Tapback(…, TapbackAction::Added, Tapback::Sticker)`."""
+
+ITEM_KINDS: dict[int, Kind] = {
+    1: Kind.GROUP_EVENT,
+    2: Kind.GROUP_EVENT,
+    3: Kind.GROUP_EVENT,
+    4: Kind.LOCATION_SHARING,
+    5: Kind.AUDIO_KEPT,
+    6: Kind.SHAREPLAY,
+}
+"""`message.item_type` → `Kind` (see `Kind` for the source); other non-zero values are `Kind.OTHER_EVENT`."""
 
 TAPBACKS: dict[int, tuple[str, str]] = {
     0: ("love", "❤️"),
@@ -197,6 +220,7 @@ class Message:
     - `date`: UTC; from ns or legacy seconds. `text`: from `text`, else from the decoded
       `attributedBody`, with U+FFFC attachment placeholders removed and ends stripped.
     - `is_audio_message`: `message.is_audio_message` (a voice message recorded in Messages).
+    - `share_status`: `message.share_status`; for `Kind.LOCATION_SHARING` True means sharing stopped.
     - `reply_to`: `thread_originator_guid` when GUID-shaped (`message_guid`), else None — also for a reply
       (`kind` REPLY) whose sender's client wrote something else there.
     """
@@ -221,6 +245,7 @@ class Message:
     item_type: int = 0
     group_action_type: int = 0
     group_title: str | None = None
+    share_status: bool = False
     date_edited: datetime | None = None
     date_retracted: datetime | None = None
     edit_history: tuple[str, ...] = ()
@@ -317,11 +342,14 @@ def plain_id(value: object) -> str | None:
 
 
 def tapback_of(assoc_type: int, guid: str | None, emoji: str | None) -> Tapback | None:
-    """Build a `Tapback` from `associated_message_type` (2000–2007 add, 3000–3007 remove), the
-    associated GUID and `associated_message_emoji` (Sequoia+). None when the type is not a tapback.
-    `target_guid` is "" (and `target_part` None) unless the associated GUID is
-    GUID-shaped (`message_guid`): the sender's client sets that column."""
-    if 2000 <= assoc_type <= 2007:
+    """Build a `Tapback` from `associated_message_type` (2000–2007 add, 3000–3007 remove, `STICKER_PLACED`
+    a sticker placed on the bubble, read as the sticker tapback), the associated GUID and
+    `associated_message_emoji` (Sequoia+). None when the type is not a reaction. `target_guid` is ""
+    (and `target_part` None) unless the associated GUID is GUID-shaped (`message_guid`): the sender's
+    client sets that column."""
+    if assoc_type == STICKER_PLACED:
+        removed, code = False, 7
+    elif 2000 <= assoc_type <= 2007:
         removed, code = False, assoc_type - 2000
     elif 3000 <= assoc_type <= 3007:
         removed, code = True, assoc_type - 3000
@@ -386,12 +414,12 @@ def classify(
         return Kind.UNSEND
     if date_edited:
         return Kind.EDIT
-    if 2000 <= assoc_type <= 2007:
+    if assoc_type == STICKER_PLACED or 2000 <= assoc_type <= 2007:
         return Kind.TAPBACK
     if 3000 <= assoc_type <= 3007:
         return Kind.TAPBACK_REMOVAL
     if item_type:
-        return Kind.GROUP_EVENT
+        return ITEM_KINDS.get(item_type, Kind.OTHER_EVENT)
     if not text and not has_attachments:
         return Kind.RECEIPT
     if thread_originator_guid:
@@ -418,6 +446,7 @@ _OPTIONAL_MESSAGE_COLUMNS = (
     "item_type",
     "group_action_type",
     "group_title",
+    "share_status",
     "date_edited",
     "date_retracted",
     "message_summary_info",
@@ -709,6 +738,7 @@ class ChatDB:
             item_type=item_type,
             group_action_type=int(get("group_action_type") or 0),
             group_title=get("group_title") or None,  # type: ignore[arg-type]
+            share_status=bool(get("share_status")),
             date_edited=from_apple(date_edited),  # type: ignore[arg-type]
             date_retracted=from_apple(date_retracted),  # type: ignore[arg-type]
             edit_history=decode_edit_history(get("message_summary_info")) if date_edited else (),  # type: ignore[arg-type]

@@ -6,7 +6,8 @@ in this order (design §2, §5):
 1. *pieces*: a row with no `chat_message_join` (or whose attributedBody names file transfers not yet
    joined) holds the watermark for `JOIN_GRACE_S`, then goes on with a log (a reader that moved past
    it would lose the message for good);
-2. *kind*: receipts, group events and rows already unsent are never delivered;
+2. *kind*: receipts, rows already unsent and Messages' notices (group changes, location sharing, an audio
+   message kept, SharePlay, unknown `item_type`s) are never delivered (`NOT_DELIVERED`);
 3. *already delivered*: GUIDs in the delivery ledger's seen-set (a crash between push and commit);
 4. *age*: rows that arrived while the server was down are delivered only when dated within the
    catch-up window; newer rows dated `BACKFILL_THRESHOLD` before the newest delivered message (or the
@@ -34,7 +35,8 @@ Rich messages (what each delivered row becomes, see `_event`):
   not hold the watermark: the message is delivered now with `attachments_pending`, their ROWIDs are
   watched (at most `MAX_WAITING`, for `ATTACHMENT_WAIT_S`) with one query per poll, and each message's
   finished files arrive as a follow-up event `kind="attachment"` with the original `message_id`;
-- *reactions* (tapbacks) read as `👍 liked your message "Done: 3 files…"` (`render.whose_message`);
+- *reactions* (tapbacks, and stickers placed on a bubble: `reaction="sticker"` with the sticker's image) read
+  as `👍 liked your message "Done: 3 files…"` (`render.whose_message`);
   *replies* get `reply_to` and a first line `↩ reply to your message "…"` in the content (never meta:
   the quote is someone's text);
 - *edits and unsends* change a row in place, so the watermark never sees them. Delivered messages
@@ -113,6 +115,25 @@ one more minute absorbs clock differences between the sender's device and this M
 
 TRACK_LIMIT = 200
 """Delivered messages watched for edits and unsends at once (the newest are kept)."""
+
+
+NOT_DELIVERED = frozenset(
+    {
+        Kind.RECEIPT,
+        Kind.UNSEND,
+        Kind.GROUP_EVENT,
+        Kind.LOCATION_SHARING,
+        Kind.AUDIO_KEPT,
+        Kind.SHAREPLAY,
+        Kind.OTHER_EVENT,
+    }
+)
+"""Kinds never delivered (the drop reason is the kind's value; `imessage-channel watch` words each one).
+A channel event makes Claude act, and none of these holds anything to act on: no words from anyone, and no
+data Claude could use — a row already unsent; Messages' notices of group changes, of location sharing
+started or stopped (the location itself lives in Find My, not chat.db), of an audio message kept (the
+recording was delivered with its own message), of a SharePlay/FaceTime session, or of an `item_type` this
+version does not know. They stay visible in `chat_messages` history."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,7 +373,7 @@ class InboundPipeline:
 
     def _decide(self, msg: Message) -> tuple[str, str, list[Action]]:
         assert msg.chat_guid is not None
-        if msg.kind in (Kind.RECEIPT, Kind.GROUP_EVENT, Kind.UNSEND):
+        if msg.kind in NOT_DELIVERED:
             return "drop", msg.kind.value, []
         if self.ledger is not None and self.ledger.is_seen(msg.guid):
             return "drop", "already-delivered", []

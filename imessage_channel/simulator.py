@@ -15,9 +15,11 @@ What it reproduces (design §4, checked against the real Ventura rows in `fixtur
   `cache_has_attachments`), files written under an attachments folder; downloads still in progress
   (`transfer_state` < 5, no file yet) that finish later (`finish_download`); voice messages
   (`is_audio_message`) and stickers (`attachment.is_sticker`);
-- tapbacks (`associated_message_type` 2000–2007 / 3000–3007, `p:0/GUID`), inline replies
+- tapbacks (`associated_message_type` 2000–2007 / 3000–3007, `p:0/GUID`) and stickers placed on a
+  bubble (1000), inline replies
   (`thread_originator_guid`), edits (`date_edited`, `message_summary_info` with `ec` history),
-  unsends (`date_retracted`, text cleared), group events (`item_type`), receipts (whitespace text),
+  unsends (`date_retracted`, text cleared), group events and other notices (`item_type` 1–6), receipts
+  (whitespace text),
   SMS/RCS rows, sent rows with `account` / `destination_caller_id`, `any;-;` GUIDs (macOS 26).
 
 Only columns present in the target schema are written, so every fixture version works.
@@ -25,6 +27,7 @@ Only columns present in the target schema are written, so every fixture version 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import plistlib
 import sqlite3
@@ -501,6 +504,37 @@ class MessagesSimulator:
         return self._message(
             chat, text=f"{verb} a message", handle=sender, is_from_me=sender is None, date=date, extra=extra
         )
+
+    def place_sticker(
+        self,
+        chat: ChatRef,
+        sender: str | None,
+        target_guid: str,
+        sticker: AttachmentSpec,
+        *,
+        part: int = 0,
+        date: datetime | None = None,
+    ) -> RowRef:
+        """A sticker dragged onto the bubble of `target_guid`: `associated_message_type` 1000 with
+        `p:<part>/GUID`, the sticker as the row's attachment (one U+FFFC in the text), as imessage-exporter
+        reads such rows. `sender=None`: the owner's."""
+        extra = {
+            "associated_message_guid": f"p:{part}/{target_guid}",
+            "associated_message_type": 1000,
+            "associated_message_range_location": 0,
+            "associated_message_range_length": 1,
+        }
+        spec = dataclasses.replace(sticker, is_sticker=True)
+        return self._message(
+            chat, text="", handle=sender, is_from_me=sender is None, attachments=[spec], date=date, extra=extra
+        )
+
+    def notice(self, chat: ChatRef, actor: str, item_type: int, *, share_status: bool = False) -> RowRef:
+        """A notice row Messages writes with `item_type` (no text): 4 location sharing (`share_status`
+        False started / True stopped), 5 an audio message kept, 6 SharePlay/FaceTime; `group_event` writes
+        1–3."""
+        extra = {"item_type": item_type, "share_status": int(share_status), "other_handle": 0}
+        return self._message(chat, text="", handle=actor, is_from_me=False, extra=extra)
 
     def receipt(self, chat: ChatRef, sender: str) -> RowRef:
         """A whitespace-only row, as written for some delivery/read receipts."""

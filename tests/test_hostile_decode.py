@@ -25,8 +25,10 @@ import pytest
 
 from fixtures.chatdb_builder import create_chatdb
 from imessage_channel import typedstream as ts
-from imessage_channel.chatdb import PLAIN_ID_LIMIT, message_guid, plain_id, tapback_of
-from imessage_channel.simulator import MessagesSimulator
+from imessage_channel.chatdb import PLAIN_ID_LIMIT, Kind, Message, Tapback, classify, message_guid, plain_id, tapback_of
+from imessage_channel.inbound import NOT_DELIVERED, RowDecision
+from imessage_channel.render import describe
+from imessage_channel.simulator import AttachmentSpec, MessagesSimulator
 from imessage_channel.typedstream import (
     FILE_TRANSFER_GUID_KEY,
     MESSAGE_PART_KEY,
@@ -36,10 +38,13 @@ from imessage_channel.typedstream import (
     decode_attributed_body,
     encode_attributed_body,
 )
+from imessage_channel.watch import DROPPED, decision_words
 from tests.harness import ServerProcess, sentinel
 
 OWNER = "owner@example.com"
 FRIEND = "friend@example.com"
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
+STICKER = AttachmentSpec("thumbsup.png", "image/png", "public.png", PNG, is_sticker=True)
 
 # -- 16. typedstream tag 0x87 -------------------------------------------------------------------------------------
 
@@ -263,3 +268,103 @@ def test_a_row_whose_own_ids_are_not_plain_is_not_delivered(stage: Stage, table:
     stage.sentinel()
     assert [e["content"] for e in stage.server.events()] == ["sentinel 1"]
     assert "not a plain id" in stage.server.stderr()
+
+
+# -- 16. kinds as imessage-exporter classifies them ---------------------------------------------------------------
+
+
+def kind_of(*, assoc: int = 0, item: int = 0, text: str = "", files: bool = False, thread: str | None = None) -> Kind:
+    return classify(
+        text=text,
+        has_attachments=files,
+        assoc_type=assoc,
+        item_type=item,
+        thread_originator_guid=thread,
+        date_edited=None,
+        date_retracted=None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("row", "kind"),
+    [
+        pytest.param({"assoc": 1000, "files": True}, Kind.TAPBACK, id="1000 sticker placed on a bubble is a reaction"),
+        pytest.param({"assoc": 1000}, Kind.TAPBACK, id="1000 without its sticker file is still a reaction"),
+        pytest.param({"assoc": 2007, "files": True}, Kind.TAPBACK, id="2007 sticker tapback"),
+        pytest.param({"assoc": 3007}, Kind.TAPBACK_REMOVAL, id="3007 sticker tapback removed"),
+        pytest.param({"assoc": 1001, "text": "x"}, Kind.TEXT, id="1001 is not a reaction"),
+        pytest.param({"item": 1}, Kind.GROUP_EVENT, id="item 1 member change is a group event"),
+        pytest.param({"item": 2}, Kind.GROUP_EVENT, id="item 2 rename is a group event"),
+        pytest.param({"item": 3}, Kind.GROUP_EVENT, id="item 3 left or photo is a group event"),
+        pytest.param({"item": 4}, Kind.LOCATION_SHARING, id="item 4 is location sharing, not a group event"),
+        pytest.param({"item": 5}, Kind.AUDIO_KEPT, id="item 5 is an audio message kept, not a group event"),
+        pytest.param({"item": 6}, Kind.SHAREPLAY, id="item 6 is SharePlay, not a group event"),
+        pytest.param({"item": 7}, Kind.OTHER_EVENT, id="item 7 is unknown, not a group event"),
+        pytest.param({"item": 4, "text": "x"}, Kind.LOCATION_SHARING, id="a notice with text is still a notice"),
+    ],
+)
+def test_classify_follows_imessage_exporter(row: dict, kind: Kind) -> None:
+    assert kind_of(**row) is kind
+
+
+def test_a_placed_sticker_is_a_sticker_reaction() -> None:
+    tapback = tapback_of(1000, f"p:1/{UUID_UPPER}", None)
+    assert tapback == Tapback("sticker", "", UUID_UPPER, 1, removed=False)
+
+
+@pytest.mark.parametrize(
+    ("item_type", "share_status", "history"),
+    [
+        pytest.param(4, False, "(started sharing location)", id="location sharing started"),
+        pytest.param(4, True, "(stopped sharing location)", id="location sharing stopped"),
+        pytest.param(5, False, "(kept an audio message)", id="audio message kept"),
+        pytest.param(6, False, "(SharePlay / FaceTime)", id="SharePlay"),
+        pytest.param(9, False, "(Messages notice, item_type 9)", id="unknown item type"),
+    ],
+)
+def test_notices_are_named_in_history_and_in_watch(item_type: int, share_status: bool, history: str) -> None:
+    msg = notice_message(item_type, share_status)
+    assert describe(msg) == history
+    line = decision_words(RowDecision(msg, "drop", msg.kind.value))
+    assert line.startswith("dropped: a ") and "_" not in line  # words, not the slug
+
+
+def test_watch_has_words_for_every_kind_the_pipeline_drops() -> None:
+    assert {kind.value for kind in NOT_DELIVERED} <= set(DROPPED)
+    assert "unsafe-id" in DROPPED
+
+
+def notice_message(item_type: int, share_status: bool) -> Message:
+    return Message(
+        rowid=1,
+        guid=UUID_UPPER,
+        chat_guid=f"iMessage;-;{FRIEND}",
+        chat_style=45,
+        chat_rowid=1,
+        handle=FRIEND,
+        sender=FRIEND,
+        service="iMessage",
+        is_from_me=False,
+        date=None,
+        text="",
+        kind=kind_of(item=item_type),
+        item_type=item_type,
+        share_status=share_status,
+    )
+
+
+def test_a_sticker_placed_on_a_message_arrives_as_a_sticker_reaction_with_its_image(stage: Stage) -> None:
+    lunch = stage.sim.receive(stage.friend, FRIEND, "lunch at noon?")
+    stage.sim.place_sticker(stage.friend, FRIEND, lunch.guid, STICKER, part=0)
+    event = stage.server.wait_event(lambda e: e["meta"].get("kind") == "reaction")
+    assert event["content"] == 'reacted with a sticker to their own message "lunch at noon?"'
+    meta = event["meta"]
+    assert (meta["reaction"], meta["reaction_to"], meta["sticker"]) == ("sticker", lunch.guid, "true")
+    assert Path(meta["image_path"]).name == "thumbsup.png" and "reaction_removed" not in meta
+
+
+def test_notices_from_an_allowed_sender_wake_no_one(stage: Stage) -> None:
+    for item_type, share_status in ((4, False), (4, True), (5, False), (6, False), (9, False)):
+        stage.sim.notice(stage.friend, FRIEND, item_type, share_status=share_status)
+    stage.sentinel()
+    assert [e["content"] for e in stage.server.events()] == ["sentinel 1"]
