@@ -221,6 +221,9 @@ class Message:
       `attributedBody`, with U+FFFC attachment placeholders removed and ends stripped.
     - `is_audio_message`: `message.is_audio_message` (a voice message recorded in Messages).
     - `share_status`: `message.share_status`; for `Kind.LOCATION_SHARING` True means sharing stopped.
+    - `placeholders`: U+FFFC characters in the raw text (before `clean_text`), one per file; 0 for an app
+      balloon (`balloon_bundle_id` set), whose U+FFFC stands for the balloon (imessage-exporter `Message::body`).
+    - `transfer_guids`: the attributedBody's `__kIMFileTransferGUIDAttributeName` values (= `attachment.guid`).
     - `reply_to`: `thread_originator_guid` when GUID-shaped (`message_guid`), else None — also for a reply
       (`kind` REPLY) whose sender's client wrote something else there.
     """
@@ -252,12 +255,27 @@ class Message:
     mentions: tuple[str, ...] = field(default=())
     transfer_guids: tuple[str, ...] = ()
     is_audio_message: bool = False
+    placeholders: int = 0
+
+    @property
+    def files_missing(self) -> int:
+        """How many of the message's files are not joined yet: Messages can commit the message row before
+        its `message_attachment_join` rows, and those one by one. Two signals, the larger wins: the text's
+        U+FFFC count (`placeholders`, one per file, design §4) beyond the files joined, and file-transfer
+        GUIDs in the attributedBody with no joined `attachment` of that GUID. Both are written by the sender's
+        client, so a caller that waits on this must bound the wait."""
+        joined = {a.guid for a in self.attachments}
+        return max(self.placeholders - len(self.attachments), len(set(self.transfer_guids) - joined), 0)
+
+    @property
+    def expected_files(self) -> int:
+        """Files the message has: those joined plus `files_missing`."""
+        return len(self.attachments) + self.files_missing
 
     @property
     def attachments_pending(self) -> bool:
-        """True when the attributedBody names file transfers whose `attachment` rows are not joined yet
-        (Messages can commit the message row before its attachment joins)."""
-        return bool(set(self.transfer_guids) - {a.guid for a in self.attachments})
+        """True when some of the message's files are not joined yet (`files_missing`)."""
+        return self.files_missing > 0
 
     @property
     def is_dm(self) -> bool:
@@ -409,7 +427,9 @@ def classify(
 ) -> Kind:
     """Decide a row's `Kind` from its columns (NULL passed as 0/None). Order matters: an unsent
     reply is an unsend; a tapback is never a text even when older releases fill `text` with
-    "Liked “…”". See `Kind` for the meaning of each."""
+    "Liked “…”". `has_attachments`: files joined, or announced by the text (U+FFFC) or the
+    attributedBody (transfer GUIDs) and not joined yet — such a row is never a receipt. See `Kind` for the
+    meaning of each."""
     if date_retracted:
         return Kind.UNSEND
     if date_edited:
@@ -452,6 +472,7 @@ _OPTIONAL_MESSAGE_COLUMNS = (
     "message_summary_info",
     "cache_has_attachments",
     "is_audio_message",
+    "balloon_bundle_id",
 )
 
 
@@ -696,6 +717,7 @@ class ChatDB:
                 if raw is None:
                     raw = decoded.text
         text = clean_text(raw)
+        placeholders = raw.count(OBJECT_REPLACEMENT) if raw and not get("balloon_bundle_id") else 0
         is_from_me = bool(get("is_from_me"))
         account = get("account") or None
         sender: str | None = handle
@@ -709,7 +731,7 @@ class ChatDB:
         date_retracted = get("date_retracted")
         kind = classify(
             text=text,
-            has_attachments=bool(attachments),
+            has_attachments=bool(attachments) or placeholders > 0 or bool(transfers),
             assoc_type=assoc_type,
             item_type=item_type,
             thread_originator_guid=thread,  # type: ignore[arg-type]
@@ -745,6 +767,7 @@ class ChatDB:
             mentions=mentions,
             transfer_guids=transfers,
             is_audio_message=bool(get("is_audio_message")),
+            placeholders=placeholders,
         )
 
     def _attachments_for(self, message_ids: list[int]) -> dict[int, tuple[Attachment, ...]]:
@@ -763,6 +786,12 @@ class ChatDB:
             for mid, *cols in rows:
                 out.setdefault(mid, []).append(_attachment(cols))
         return {k: tuple(v) for k, v in out.items()}
+
+    def attachments_of(self, message_rowids: Iterable[int]) -> dict[int, tuple[Attachment, ...]]:
+        """`{message ROWID: its joined attachments in attachment ROWID order}` for these messages (messages
+        without any are left out), read 500 at a time through an index of `message_attachment_join` on
+        `message_id`. Used to see files Messages joins to a message after it was delivered."""
+        return self._attachments_for(sorted(set(message_rowids)))
 
     def _attachment_cols(self) -> str:
         sticker = "a.is_sticker" if "is_sticker" in self._attachment_columns else "0"

@@ -113,7 +113,7 @@ def decision_words(d: RowDecision) -> str:
         return "permission answer"
     if d.verdict == "hold":
         if d.reason == "waiting-for-attachments":
-            return "waiting: its attachments are still downloading"
+            return "waiting: Messages has not joined all of its files to it yet"
         return "waiting: Messages has not joined it to a chat yet"
     return f"{d.verdict}: {d.reason.replace('-', ' ')}"
 

@@ -9,7 +9,8 @@ Items of the issue "Nothing a sender, a clock or a crash does can blind the chan
 - 15. Attachments joined in later commits: the text's U+FFFC count (and the attributedBody's file-transfer
   GUIDs) say how many files to expect; a message with fewer joined files is held for the join grace, and every
   file joined after delivery arrives as a `kind="attachment"` follow-up. Real server over stdio with joins
-  committed one by one, then the pipeline with a `ManualClock` where the bounded watch must end.
+  committed one by one, then the pipeline with a `ManualClock` where the bounded watch must end and where
+  a sender whose announced files never come cannot hold the channel up again.
 - 16. Kinds as imessage-exporter classifies them: `associated_message_type` 1000 (a sticker placed on a
   bubble) is a reaction; `item_type` 4/5/6 are location sharing, a kept audio message, SharePlay (not group
   events); typedstream tag 0x87 (an 8-byte NSNumber `q`) decodes instead of ending the parse. Pure
@@ -25,8 +26,31 @@ import pytest
 
 from fixtures.chatdb_builder import create_chatdb
 from imessage_channel import typedstream as ts
-from imessage_channel.chatdb import PLAIN_ID_LIMIT, Kind, Message, Tapback, classify, message_guid, plain_id, tapback_of
-from imessage_channel.inbound import NOT_DELIVERED, RowDecision
+from imessage_channel.access import AccessStore
+from imessage_channel.chatdb import (
+    PLAIN_ID_LIMIT,
+    Attachment,
+    ChatDB,
+    Kind,
+    Message,
+    Tapback,
+    classify,
+    message_guid,
+    plain_id,
+    tapback_of,
+)
+from imessage_channel.clock import ManualClock
+from imessage_channel.echo import EchoFilter
+from imessage_channel.inbound import (
+    HOLD_PENALTY_S,
+    JOIN_GRACE_S,
+    JOIN_WATCH_S,
+    MAX_JOINING,
+    NOT_DELIVERED,
+    Deliver,
+    InboundPipeline,
+    RowDecision,
+)
 from imessage_channel.render import describe
 from imessage_channel.simulator import AttachmentSpec, MessagesSimulator
 from imessage_channel.typedstream import (
@@ -40,9 +64,11 @@ from imessage_channel.typedstream import (
 )
 from imessage_channel.watch import DROPPED, decision_words
 from tests.harness import ServerProcess, sentinel
+from tests.test_chatdb import _full_scans, _query_plans
 
 OWNER = "owner@example.com"
 FRIEND = "friend@example.com"
+STRANGER = "stranger@example.com"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
 STICKER = AttachmentSpec("thumbsup.png", "image/png", "public.png", PNG, is_sticker=True)
 
@@ -334,23 +360,27 @@ def test_watch_has_words_for_every_kind_the_pipeline_drops() -> None:
     assert "unsafe-id" in DROPPED
 
 
+def a_message(**fields: object) -> Message:
+    """A decoded inbound row from FRIEND in their DM; `fields` override the defaults."""
+    defaults: dict[str, object] = {
+        "rowid": 1,
+        "guid": UUID_UPPER,
+        "chat_guid": f"iMessage;-;{FRIEND}",
+        "chat_style": 45,
+        "chat_rowid": 1,
+        "handle": FRIEND,
+        "sender": FRIEND,
+        "service": "iMessage",
+        "is_from_me": False,
+        "date": None,
+        "text": "",
+        "kind": Kind.TEXT,
+    }
+    return Message(**{**defaults, **fields})  # type: ignore[arg-type]
+
+
 def notice_message(item_type: int, share_status: bool) -> Message:
-    return Message(
-        rowid=1,
-        guid=UUID_UPPER,
-        chat_guid=f"iMessage;-;{FRIEND}",
-        chat_style=45,
-        chat_rowid=1,
-        handle=FRIEND,
-        sender=FRIEND,
-        service="iMessage",
-        is_from_me=False,
-        date=None,
-        text="",
-        kind=kind_of(item=item_type),
-        item_type=item_type,
-        share_status=share_status,
-    )
+    return a_message(kind=kind_of(item=item_type), item_type=item_type, share_status=share_status)
 
 
 def test_a_sticker_placed_on_a_message_arrives_as_a_sticker_reaction_with_its_image(stage: Stage) -> None:
@@ -368,3 +398,214 @@ def test_notices_from_an_allowed_sender_wake_no_one(stage: Stage) -> None:
         stage.sim.notice(stage.friend, FRIEND, item_type, share_status=share_status)
     stage.sentinel()
     assert [e["content"] for e in stage.server.events()] == ["sentinel 1"]
+
+
+# -- 15. attachments joined in later commits ----------------------------------------------------------------------
+
+JPEG = b"\xff\xd8\xff\xe0" + b"\0" * 60
+
+
+def photos(n: int) -> list[AttachmentSpec]:
+    return [AttachmentSpec(f"IMG_{i}.jpg", "image/jpeg", "public.jpeg", JPEG) for i in range(1, n + 1)]
+
+
+def delivered_names(server: ServerProcess, guid: str) -> list[str]:
+    """File names delivered for message `guid`, over the message event and its follow-ups, in order."""
+    events = [e for e in server.events() if e["meta"]["message_id"] == guid]
+    return [Path(f["path"]).name for e in events for f in json.loads(e["meta"].get("attachments", "[]"))]
+
+
+def joined_message(placeholders: int, transfers: int, joined: int) -> Message:
+    guids = [f"{i:08X}-0000-4000-8000-000000000000" for i in range(max(transfers, joined))]
+    atts = tuple(
+        Attachment(i, guids[i], f"/x/IMG_{i}.jpg", "image/jpeg", "public.jpeg", None, 5, 64) for i in range(joined)
+    )
+    return a_message(attachments=atts, transfer_guids=tuple(guids[:transfers]), placeholders=placeholders)
+
+
+@pytest.mark.parametrize(
+    ("placeholders", "transfers", "joined", "missing"),
+    [
+        pytest.param(3, 3, 3, 0, id="all joined"),
+        pytest.param(3, 3, 1, 2, id="both signals say 2 missing"),
+        pytest.param(3, 0, 1, 2, id="U+FFFC alone says 2 missing"),
+        pytest.param(0, 3, 1, 2, id="transfer runs alone say 2 missing"),
+        pytest.param(1, 3, 1, 2, id="the larger signal wins"),
+        pytest.param(0, 0, 2, 0, id="files without any announcement"),
+        pytest.param(2, 0, 0, 2, id="photo-only message with nothing joined yet"),
+    ],
+)
+def test_files_missing_counts_what_the_text_and_body_announce(placeholders, transfers, joined, missing) -> None:
+    msg = joined_message(placeholders, transfers, joined)
+    assert msg.files_missing == missing and msg.expected_files == joined + missing
+    assert msg.attachments_pending is (missing > 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "transfer_runs", "balloon", "placeholders", "kind"),
+    [
+        pytest.param("look", True, None, 2, Kind.TEXT, id="text and two files"),
+        pytest.param("", False, None, 2, Kind.TEXT, id="photo-only without transfer runs is no receipt"),
+        pytest.param("", False, "com.apple.messages.MSMessageExtensionBalloonPlugin:x", 0, Kind.RECEIPT,
+                     id="an app balloon's U+FFFC is not a file"),
+    ],
+)  # fmt: skip
+def test_the_reader_counts_placeholders_of_unjoined_files(
+    chatdb_factory, text: str, transfer_runs: bool, balloon: str | None, placeholders: int, kind: Kind
+) -> None:
+    path, sim = chatdb_factory("sequoia")
+    chat = sim.dm(FRIEND)
+    with sim.batch():
+        row = sim.receive(
+            chat, FRIEND, text, attachments=photos(2), attachment_joins=False, transfer_runs=transfer_runs
+        )
+        sim.conn.execute("UPDATE message SET balloon_bundle_id = ? WHERE ROWID = ?", (balloon, row.rowid))
+    with ChatDB(path) as db:
+        (msg,) = db.messages_after(0)
+        assert (msg.placeholders, msg.kind, msg.attachments) == (placeholders, kind, ())
+        assert msg.transfer_guids == () or transfer_runs
+        assert sim.join_attachments(row, 1) == 1 and sim.join_attachments(row, 1) == 0
+        assert [a.name for a in db.attachments_of([row.rowid])[row.rowid]] == ["IMG_1.jpg", "IMG_2.jpg"]
+
+
+def test_late_joins_are_read_through_the_join_index(chatdb_factory) -> None:
+    path, sim = chatdb_factory("sequoia")
+    chat = sim.dm(FRIEND)
+    with sim.batch():
+        rows = [sim.receive(chat, FRIEND, f"m{i}", attachments=photos(1)) for i in range(20)]
+    statements: list[str] = []
+    with ChatDB(path) as db:
+        db._conn.set_trace_callback(statements.append)
+        assert len(db.attachments_of(r.rowid for r in rows[::3])) == 7
+    plans = _query_plans(path, statements)
+    assert _full_scans(plans) == [] and any("INDEX" in p and "(message_id=?)" in p for p in plans), plans
+
+
+@pytest.mark.parametrize(
+    ("text", "transfer_runs"),
+    [
+        pytest.param("three photos", True, id="text, files announced by U+FFFC and transfer runs"),
+        pytest.param("three photos", False, id="text, files announced by U+FFFC only"),
+        pytest.param("", False, id="photos only, announced by U+FFFC only"),
+    ],
+)
+def test_files_joined_one_by_one_all_reach_claude(stage: Stage, text: str, transfer_runs: bool) -> None:
+    row = stage.sim.receive(
+        stage.friend, FRIEND, text, attachments=photos(3), attachment_joins=False, transfer_runs=transfer_runs
+    )
+    while stage.sim.join_attachments(row, 1):  # one commit per file, as Messages does
+        pass
+    last = stage.server.wait_event(
+        lambda e: e["meta"]["message_id"] == row.guid and "attachments_pending" not in e["meta"]
+    )
+    assert delivered_names(stage.server, row.guid) == ["IMG_1.jpg", "IMG_2.jpg", "IMG_3.jpg"]
+    first = next(e for e in stage.server.events() if e["meta"]["message_id"] == row.guid)
+    assert first["meta"]["attachment_count"] == "3" and "kind" not in first["meta"]
+    assert last is first or last["meta"]["kind"] == "attachment"
+
+
+def test_files_joined_after_delivery_follow_one_event_each(stage: Stage) -> None:
+    row = stage.sim.receive(stage.friend, FRIEND, "", attachments=photos(3), attachment_joins=False)
+    stage.sim.join_attachments(row, 1)
+    first = stage.server.wait_event(lambda e: e["meta"]["message_id"] == row.guid)  # after the join grace
+    assert first["content"] == "[attachment: IMG_1.jpg image/jpeg] [2 more attachments still arriving]"
+    assert (first["meta"]["attachment_count"], first["meta"]["attachments_pending"]) == ("3", "2")
+    stage.sim.join_attachments(row, 1)
+    second = stage.server.wait_event(lambda e: e["meta"].get("kind") == "attachment")
+    assert second["content"] == "arrived later for an earlier message: [attachment: IMG_2.jpg image/jpeg]"
+    assert second["meta"]["message_id"] == row.guid and second["meta"]["attachments_pending"] == "1"
+    stage.sim.join_attachments(row, 1)
+    third = stage.server.wait_event(lambda e: "IMG_3.jpg" in e["content"])
+    assert third["meta"]["kind"] == "attachment" and "attachments_pending" not in third["meta"]
+    assert delivered_names(stage.server, row.guid) == ["IMG_1.jpg", "IMG_2.jpg", "IMG_3.jpg"]
+
+
+def test_a_photo_only_message_whose_files_never_join_is_delivered_not_dropped(stage: Stage) -> None:
+    row = stage.sim.receive(
+        stage.friend, FRIEND, "", attachments=photos(2), attachment_joins=False, transfer_runs=False
+    )
+    event = stage.server.wait_event(lambda e: e["meta"]["message_id"] == row.guid)
+    assert event["content"] == "[2 attachments still arriving]"
+    assert event["meta"]["attachments_pending"] == "2" and "attachments" not in event["meta"]
+
+
+# -- 15. bounds, with a clock that moves --------------------------------------------------------------------------
+
+
+class Pipe:
+    """The inbound pipeline on a Sequoia chat.db with an allowlisted friend and a stranger, on a ManualClock."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.db_path = create_chatdb(tmp / "chat.db", "sequoia")
+        self.clock = ManualClock()
+        self.sim = MessagesSimulator(self.db_path, owner=OWNER, clock=self.clock.now)
+        self.sim.send(self.sim.self_chat(), "first")
+        self.friend = self.sim.dm(FRIEND)
+        self.stranger = self.sim.dm(STRANGER)
+        (tmp / "state").mkdir()
+        (tmp / "state" / "access.json").write_text(json.dumps({"allowFrom": [FRIEND]}))
+        self.db = ChatDB(self.db_path)
+        self.pipe = InboundPipeline(
+            db=self.db,
+            store=AccessStore(tmp / "state"),
+            owner=self.db.owner_handles(),
+            watermark=self.db.max_rowid(),
+            echo=EchoFilter(clock=self.clock.monotonic),
+            clock=self.clock,
+        )
+
+    def poll(self) -> tuple[list[Deliver], list[tuple[str, str]]]:
+        actions, decisions = self.pipe.poll()
+        return [a for a in actions if isinstance(a, Deliver)], [(d.verdict, d.reason) for d in decisions]
+
+    def photo_from(self, chat, sender: str, n: int = 2, joined: int = 0, text: str = ""):
+        row = self.sim.receive(chat, sender, text, attachments=photos(n), attachment_joins=False)
+        if joined:
+            self.sim.join_attachments(row, joined)
+        return row
+
+
+@pytest.fixture
+def pipe(tmp_path: Path):
+    p = Pipe(tmp_path)
+    yield p
+    p.sim.close()
+    p.db.close()
+
+
+def test_the_join_watch_ends_after_its_window(pipe: Pipe) -> None:
+    row = pipe.photo_from(pipe.friend, FRIEND, n=2, joined=1)
+    assert pipe.poll() == ([], [("hold", "waiting-for-attachments")])
+    pipe.clock.advance(JOIN_GRACE_S)
+    (event,), _ = pipe.poll()
+    assert event.meta["attachments_pending"] == "1"
+    pipe.clock.advance(JOIN_WATCH_S + 1)
+    pipe.sim.join_attachments(row)
+    assert pipe.poll() == ([], [])  # too late: logged, not delivered
+    assert pipe.pipe._joining == {}
+
+
+def test_a_sender_whose_files_never_came_holds_no_one_up_again(pipe: Pipe) -> None:
+    pipe.photo_from(pipe.stranger, STRANGER)  # a stranger's U+FFFC texts, files never joined
+    assert pipe.poll()[1] == [("hold", "waiting-for-attachments")]
+    pipe.clock.advance(JOIN_GRACE_S)
+    assert pipe.poll()[1] == [("drop", "not-allowlisted")]
+    pipe.photo_from(pipe.stranger, STRANGER)
+    friend = pipe.photo_from(pipe.friend, FRIEND, n=1)
+    assert pipe.poll()[1] == [("drop", "not-allowlisted"), ("hold", "waiting-for-attachments")]  # friend still held
+    pipe.sim.join_attachments(friend)
+    (event,), decisions = pipe.poll()
+    assert decisions == [("deliver", "allowlisted")] and "attachments_pending" not in event.meta
+    pipe.clock.advance(HOLD_PENALTY_S)
+    pipe.photo_from(pipe.stranger, STRANGER)
+    assert pipe.poll()[1] == [("hold", "waiting-for-attachments")]  # the penalty is over
+
+
+def test_at_most_max_joining_messages_are_watched(pipe: Pipe) -> None:
+    with pipe.sim.batch():
+        for i in range(MAX_JOINING + 3):
+            pipe.photo_from(pipe.friend, FRIEND, n=1, text=f"photo {i}")
+    assert pipe.poll()[1] == [("hold", "waiting-for-attachments")]
+    pipe.clock.advance(JOIN_GRACE_S)
+    events, _ = pipe.poll()
+    assert len(events) == MAX_JOINING + 3 and len(pipe.pipe._joining) == MAX_JOINING
