@@ -481,17 +481,25 @@ class InboundPipeline:
         return "drop", decision.reason, []
 
     def _is_duplicate(self, msg: Message) -> bool:
-        """Is `msg` a second copy (another GUID) of a message just delivered? Records it otherwise."""
+        """Is `msg` a second copy (another GUID) of a message just delivered? Records it otherwise.
+
+        Files count as content: the fingerprint of a message with joined files includes their names, so two
+        photos sent in a row as two messages without text are not one photo twice; a message with neither
+        text nor joined files is never called a copy (nothing to compare yet)."""
         assert msg.chat_guid is not None
+        content = normalize_text(msg.text)
+        if msg.attachments:
+            content += "\0" + "\0".join(a.transfer_name or a.name for a in msg.attachments)
         key = (
             normalize_handle(msg.sender or ""),
             conversation_key(msg.chat_guid, self_chat=False),
-            hashlib.sha256(normalize_text(msg.text).encode()).hexdigest()[:16],
+            hashlib.sha256(content.encode()).hexdigest()[:16],
         )
         when = to_apple_ns(msg.date) if msg.date else 0
         window = DUPLICATE_WINDOW.total_seconds() * 1e9
         same = self._recent_index.setdefault(key, [])
-        if msg.kind in (Kind.TEXT, Kind.REPLY) and any(abs(d - when) <= window and g != msg.guid for d, g in same):
+        comparable = msg.kind in (Kind.TEXT, Kind.REPLY) and bool(msg.text or msg.attachments)
+        if comparable and any(abs(d - when) <= window and g != msg.guid for d, g in same):
             return True
         self.remember((*key, when, msg.guid))
         return False

@@ -10,7 +10,8 @@ Items of the issue "Nothing a sender, a clock or a crash does can blind the chan
   GUIDs) say how many files to expect; a message with fewer joined files is held for the join grace, and every
   file joined after delivery arrives as a `kind="attachment"` follow-up. Real server over stdio with joins
   committed one by one, then the pipeline with a `ManualClock` where the bounded watch must end and where
-  a sender whose announced files never come cannot hold the channel up again.
+  a sender whose announced files never come cannot hold the channel up again. Photos sent in a row (one
+  row each, no text) are no longer taken for iCloud copies of each other.
 - 16. Kinds as imessage-exporter classifies them: `associated_message_type` 1000 (a sticker placed on a
   bubble) is a reaction; `item_type` 4/5/6 are location sharing, a kept audio message, SharePlay (not group
   events); typedstream tag 0x87 (an 8-byte NSNumber `q`) decodes instead of ending the parse. Pure
@@ -609,3 +610,14 @@ def test_at_most_max_joining_messages_are_watched(pipe: Pipe) -> None:
     pipe.clock.advance(JOIN_GRACE_S)
     events, _ = pipe.poll()
     assert len(events) == MAX_JOINING + 3 and len(pipe.pipe._joining) == MAX_JOINING
+
+
+def test_photos_sent_in_a_row_are_not_taken_for_icloud_copies_of_each_other(pipe: Pipe) -> None:
+    # Messages writes one row per photo, none with text: only the files tell them apart.
+    one, two = (AttachmentSpec(n, "image/jpeg", "public.jpeg", JPEG) for n in ("IMG_0001.jpg", "IMG_0002.jpg"))
+    pipe.sim.receive(pipe.friend, FRIEND, "", attachments=[one])
+    pipe.sim.receive(pipe.friend, FRIEND, "", attachments=[two])
+    pipe.sim.receive(pipe.friend, FRIEND, "", attachments=[one])  # an iCloud copy of the first: same file
+    events, decisions = pipe.poll()
+    assert decisions == [("deliver", "allowlisted"), ("deliver", "allowlisted"), ("drop", "icloud-duplicate")]
+    assert [json.loads(e.meta["attachments"])[0]["name"] for e in events] == ["IMG_0001.jpg", "IMG_0002.jpg"]
