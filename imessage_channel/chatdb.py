@@ -22,6 +22,7 @@ Every query is bounded (a LIMIT) and served by one of Apple's own indexes:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import plistlib
 import re
@@ -38,6 +39,8 @@ from pathlib import Path
 from .appletime import APPLE_EPOCH, from_apple
 from .handles import normalize_handle, strip_account_prefix
 from .typedstream import decode_attributed_body
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DB_PATH = Path("~/Library/Messages/chat.db")
 """Where Messages keeps its database on every macOS release since 10.4."""
@@ -92,6 +95,7 @@ class Kind(StrEnum):
     REPLY = "reply"  # thread_originator_guid set: an inline reply
     TEXT = "text"  # an ordinary message with text and/or attachments
     RECEIPT = "receipt"  # no text, no attachment: whitespace-only rows Messages writes for receipts
+    UNREADABLE = "unreadable"  # the row could not be decoded (logged once): never delivered, never blocking
 
 
 STICKER_PLACED = 1000
@@ -524,6 +528,7 @@ class ChatDB:
                 f"Cannot read the Messages database at {self.path} ({exc}). " + FULL_DISK_ACCESS_HELP
             ) from exc
         self._conn, self._ino = conn, st.st_ino
+        self._told_lenient = False
         self.generation += 1
         self._columns = self._probe_locked("message")
         self._attachment_columns = self._probe_locked("attachment")
@@ -570,8 +575,10 @@ class ChatDB:
         """Run one statement and fetch every row (so no read transaction outlives the call).
 
         `SQLITE_BUSY`/locked is retried with backoff for about two seconds in all (on top of the
-        connection's busy timeout); other errors close the connection, so the next call reopens it.
-        Raises `ChatDBError`."""
+        connection's busy timeout). A TEXT value that is not valid UTF-8 (a sender's client can write one)
+        fails the whole statement in Python's sqlite3, so the statement is run again with invalid bytes
+        decoded as U+FFFD (`_lenient`): one bad value never hides the rows around it. Other errors close
+        the connection, so the next call reopens it. Raises `ChatDBError`."""
         with self._lock:
             for delay in (*BUSY_BACKOFF_S, None):
                 try:
@@ -580,6 +587,8 @@ class ChatDB:
                     assert self._conn is not None
                     return self._conn.execute(sql, params).fetchall()
                 except sqlite3.OperationalError as exc:
+                    if str(exc).startswith("Could not decode to UTF-8"):
+                        return self._lenient_locked(sql, params)
                     busy = "locked" in str(exc) or "busy" in str(exc)
                     if busy and delay is not None:
                         time.sleep(delay)
@@ -590,6 +599,22 @@ class ChatDB:
                     self._drop_locked()
                     raise ChatDBError(f"Reading {self.path} failed: {exc}") from exc
             raise AssertionError("unreachable")
+
+    def _lenient_locked(self, sql: str, params: Sequence[object]) -> list[tuple]:
+        """Run `sql` with TEXT values decoded leniently (invalid UTF-8 → U+FFFD); said once per connection."""
+        assert self._conn is not None
+        if not self._told_lenient:
+            self._told_lenient = True
+            log.warning("chat.db holds text that is not valid UTF-8; reading it with replacement characters")
+        self._conn.text_factory = _lenient
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            self._drop_locked()
+            raise ChatDBError(f"Reading {self.path} failed: {exc}") from exc
+        finally:
+            if self._conn is not None:
+                self._conn.text_factory = str
 
     def _probe_locked(self, table: str) -> frozenset[str]:
         assert self._conn is not None
@@ -625,6 +650,24 @@ class ChatDB:
         """Rows with ROWID > `rowid`, oldest first, at most `limit` (primary-key range scan)."""
         rows = self._query(self._select + " WHERE m.ROWID > ? ORDER BY m.ROWID LIMIT ?", (rowid, limit))
         return self._decode_rows(rows)
+
+    def anchor(self, rowid: int) -> tuple[int, str | None]:
+        """`(sequence, guid)`: the highest `message` ROWID ever handed out (`sqlite_sequence`: `message` is
+        `INTEGER PRIMARY KEY AUTOINCREMENT` in every release, so deleting rows never lowers it; a rebuilt or
+        restored file can), and the GUID of the row `rowid` (None when that row was deleted). Falls back to
+        `MAX(ROWID)` where `sqlite_sequence` has no `message` entry. One statement, two primary-key lookups:
+        the reader runs it before each read to notice a file rebuilt, renumbered or restored in place."""
+        ((seq, top, guid),) = self._query(
+            "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'message'), (SELECT MAX(ROWID) FROM message),"
+            " (SELECT guid FROM message WHERE ROWID = ?)",
+            (rowid,),
+        )
+        return max(int(seq or 0), int(top or 0)), (str(guid) if guid is not None else None)
+
+    def rowid_of(self, guid: str) -> int | None:
+        """The ROWID of the message with this GUID (`message.guid` is UNIQUE), or None."""
+        row = self._query("SELECT ROWID FROM message WHERE guid = ?", (guid,))
+        return int(row[0][0]) if row else None
 
     def guid_at(self, rowid: int) -> str | None:
         """`message.guid` of the row with this ROWID, or None."""
@@ -695,7 +738,14 @@ class ChatDB:
         attachments = self._attachments_for(
             [r[0] for r in rows if r[6 + _IDX["cache_has_attachments"]] or r[6 + _IDX["attributedBody"]]]
         )
-        return [self._decode_row(r, attachments.get(r[0], ())) for r in rows]
+        out: list[Message] = []
+        for r in rows:
+            try:
+                out.append(self._decode_row(r, attachments.get(r[0], ())))
+            except Exception as exc:  # one row a sender (or a bug) made undecodable never stops the others
+                log.warning("message ROWID %s cannot be decoded (%s: %s); skipping it", r[0], type(exc).__name__, exc)
+                out.append(_unreadable(r))
+        return out
 
     def _decode_row(self, r: tuple, attachments: tuple[Attachment, ...]) -> Message:
         rowid, guid, handle, chat_rowid, chat_guid, chat_style = r[:6]
@@ -843,6 +893,16 @@ class ChatDB:
         """All chats, by ROWID, at most `limit`."""
         return [Chat(*r) for r in self._query(self._CHAT_SELECT + " ORDER BY ROWID LIMIT ?", (limit,))]
 
+    def latest_rowid_in(self, chat_guid: str) -> int:
+        """The highest message ROWID joined to the chat(s) with this GUID, 0 when none: ROWIDs grow in the
+        order Messages writes rows on this Mac, so unlike `date` (the sender's clock) they say which chat
+        was used last. One primary-key lookup (`chat_message_join (chat_id, message_id)`) per chat row."""
+        rows = self._query(
+            "SELECT MAX(j.message_id) FROM chat c JOIN chat_message_join j ON j.chat_id = c.ROWID WHERE c.guid = ?",
+            (chat_guid,),
+        )
+        return int(rows[0][0] or 0) if rows else 0
+
     def participants(self, chat_guid: str) -> list[str]:
         """`handle.id` of every member of the chat(s) with this GUID (the owner is not listed)."""
         rows = self._query(
@@ -946,6 +1006,31 @@ def _attachment(cols: Sequence[object]) -> Attachment:
         transfer_state=int(tstate or 0),  # type: ignore[call-overload]
         total_bytes=int(size or 0),  # type: ignore[call-overload]
         is_sticker=bool(is_sticker),
+    )
+
+
+def _lenient(raw: bytes) -> str:
+    """sqlite3 `text_factory`: UTF-8 with invalid bytes replaced by U+FFFD."""
+    return raw.decode("utf-8", "replace")
+
+
+def _unreadable(r: tuple) -> Message:
+    """The stand-in for a row `_decode_row` could not decode: its ROWID (so the watermark moves past it), its
+    GUID and chat if they are plain values, kind `UNREADABLE`."""
+    rowid, guid, _handle, chat_rowid, chat_guid, chat_style = r[:6]
+    return Message(
+        rowid=int(rowid),
+        guid=guid if isinstance(guid, str) else f"unreadable-{rowid}",
+        chat_guid=chat_guid if isinstance(chat_guid, str) else None,
+        chat_style=chat_style if isinstance(chat_style, int) else None,
+        chat_rowid=chat_rowid if isinstance(chat_rowid, int) else None,
+        handle=None,
+        sender=None,
+        service="",
+        is_from_me=False,
+        date=None,
+        text="",
+        kind=Kind.UNREADABLE,
     )
 
 

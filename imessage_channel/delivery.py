@@ -3,7 +3,7 @@
 Owns two files in the state dir (`IMESSAGE_STATE_DIR`):
 
 - `delivery.json` — rewritten atomically (temp + fsync + rename) after each delivery batch:
-  `{"version": 1, "db": <chat.db path>, "rowid": W, "edge_guid": <GUID of row W>, "newest_date": <Apple ns>,
+  `{"version": 1, "db": <chat.db path>, "rowid": W, "edge_guid": <GUID of row W>, "last_active": <Apple ns>,
   "seen": [GUID…],
   "recent": [[sender, chat, text hash, Apple ns, GUID]…]}`. `rowid` is the watermark: every row ≤ W has been
   decided (delivered, or dropped for a reason). `seen` holds the last `SEEN_LIMIT` delivered GUIDs.
@@ -50,7 +50,7 @@ class Resume:
     `corrupt` True)."""
 
     rowid: int | None
-    newest_date: int | None
+    last_active: int | None
     edge_guid: str | None = None
     seen: list[str] = field(default_factory=list)
     recent: list[tuple[str, str, str, int, str]] = field(default_factory=list)
@@ -76,7 +76,7 @@ class DeliveryLedger:
         """Read `delivery.json` and `delivered.log`. Never raises: a missing file is a first start; an
         unreadable or malformed one is logged, moved aside (`delivery.json.corrupt`), and reported with
         `corrupt=True`. A file written for another chat.db is treated as a first start."""
-        resume = Resume(rowid=None, newest_date=None)
+        resume = Resume(rowid=None, last_active=None)
         try:
             raw = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -91,7 +91,9 @@ class DeliveryLedger:
                     raise ValueError("not a version-1 delivery file")
                 if data.get("db") == self.db_path:
                     resume.rowid = int(data["rowid"])
-                    resume.newest_date = int(data["newest_date"]) if data.get("newest_date") is not None else None
+                    # `newest_date` (a row's date) was written before `last_active` (the local clock) existed
+                    active = data.get("last_active", data.get("newest_date"))
+                    resume.last_active = int(active) if active is not None else None
                     resume.edge_guid = data.get("edge_guid")
                 resume.seen = [str(g) for g in data.get("seen", [])]
                 resume.recent = [(str(a), str(b), str(c), int(d), str(e)) for a, b, c, d, e in data.get("recent", [])]
@@ -100,7 +102,7 @@ class DeliveryLedger:
                 log.warning("%s is corrupt (%s); moved to %s, catching up from the last day", self.path, exc, aside)
                 with contextlib.suppress(OSError):
                     os.replace(self.path, aside)
-                resume = Resume(rowid=None, newest_date=None, corrupt=True)
+                resume = Resume(rowid=None, last_active=None, corrupt=True)
         with contextlib.suppress(OSError):
             resume.seen += [
                 line.strip() for line in self.log_path.read_text(encoding="utf-8").splitlines() if line.strip()
@@ -147,7 +149,7 @@ class DeliveryLedger:
         self,
         processed: int,
         edge_guid: str | None,
-        newest_date: int | None,
+        last_active: int | None,
         recent: deque[tuple[str, str, str, int, str]],
     ) -> None:
         """Persist the watermark (never past an in-flight row), the GUID of the row at the watermark
@@ -162,7 +164,7 @@ class DeliveryLedger:
                 "db": self.db_path,
                 "rowid": rowid,
                 "edge_guid": edge_guid if rowid == processed else None,
-                "newest_date": newest_date,
+                "last_active": last_active,
                 "seen": list(self._seen),
                 "recent": [list(r) for r in recent],
             }

@@ -9,9 +9,12 @@ in this order (design §2, §5):
 2. *kind*: receipts, rows already unsent and Messages' notices (group changes, location sharing, an audio
    message kept, SharePlay, unknown `item_type`s) are never delivered (`NOT_DELIVERED`);
 3. *already delivered*: GUIDs in the delivery ledger's seen-set (a crash between push and commit);
-4. *age*: rows that arrived while the server was down are delivered only when dated within the
-   catch-up window; newer rows dated `BACKFILL_THRESHOLD` before the newest delivered message (or the
-   start) are iCloud backfill, counted and logged once per storm;
+4. *age* (`judge_age`, `is_storm`): a row's age is its `date` against the local clock when it is read,
+   never against another row's date (`date` is the sender's clock). Rows that arrived while the server
+   was down are delivered when dated within the catch-up window; a row that arrives late while running
+   (sender's clock slow, phone offline) is delivered with `late="true"`; rows older than the catch-up
+   window, and late rows in a storm (`is_storm`: iCloud backfill), are held back, counted and logged
+   once per storm;
 5. *echo*: our own sends coming back (`EchoFilter`) are dropped;
 6. *self-chat twins*: a text typed on the phone to oneself exists twice (sent and received copy);
    the second copy is dropped;
@@ -60,6 +63,7 @@ import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 
 from . import access as access_mod
 from .access import AccessStore
@@ -87,12 +91,14 @@ PERMISSION_REPLY = re.compile(r"^\s*(y|yes|n|no)\s+([a-km-z]{5})\s*$", re.IGNORE
 BATCH = 500
 """Rows read per query; a burst is drained batch after batch within one wake."""
 
-BACKFILL_THRESHOLD = timedelta(minutes=15)
-"""A new row dated this much before the newest delivered message (or before the server started) is
-backfill, not news. iCloud sync and database rebuilds re-insert old messages under fresh ROWIDs with their
-old dates (replay floods users of the official plugin report); a real text delayed in transit is rarely
-more than minutes older than the newest one delivered. Rows queued while the Mac slept are *newer* than
-what was delivered before it slept, so they still arrive."""
+LATE_AFTER = timedelta(minutes=15)
+"""A row dated more than this before the local clock at the moment it is read is *late*. `message.date`
+of a received text is the sender's clock (BlueBubbles server #597 shows skewed values) and a text sent
+from a phone that was offline arrives with its old date, so lateness is a hint for Claude (`late="true"`),
+never a reason to drop a lone text."""
+
+STORM_ROWS = 20
+"""Late rows in one read from which the read is an iCloud sync storm (see `is_storm`)."""
 
 DUPLICATE_WINDOW = timedelta(seconds=5)
 """iCloud can write one inbound message twice under two GUIDs: same sender, chat and text, dates this
@@ -158,6 +164,39 @@ data Claude could use — a row already unsent; Messages' notices of group chang
 started or stopped (the location itself lives in Find My, not chat.db), of an audio message kept (the
 recording was delivered with its own message), of a SharePlay/FaceTime session, or of an `item_type` this
 version does not know. They stay visible in `chat_messages` history."""
+
+
+class Age(StrEnum):
+    """How old a row is when it is read, by the local clock (see `judge_age`)."""
+
+    FRESH = "fresh"  # dated within LATE_AFTER of now, or in the future (a sender's clock ahead)
+    LATE = "late"  # older than LATE_AFTER, within the catch-up window
+    TOO_OLD = "too-old"  # older than the catch-up window
+
+
+def judge_age(date: datetime | None, now: datetime, window: timedelta) -> Age:
+    """Age of a row dated `date` (UTC; None for a NULL date, treated as fresh) read at local time `now`:
+    FRESH up to `LATE_AFTER` old (or dated ahead of `now`), LATE up to `window` (the catch-up window,
+    env `IMESSAGE_CATCHUP_HOURS`), TOO_OLD beyond. Pure; only this row's date and the local clock count."""
+    if date is None:
+        return Age.FRESH
+    age = now - date
+    if age <= LATE_AFTER:
+        return Age.FRESH
+    return Age.LATE if age <= window else Age.TOO_OLD
+
+
+def is_storm(late_rows: int, storm_running: bool) -> bool:
+    """Is a read with `late_rows` late rows (see `Age.LATE`) part of an iCloud sync storm?
+
+    Why: iCloud sync and database rebuilds re-insert old messages under fresh ROWIDs with their old dates,
+    hundreds at a time (replay floods users of the official plugin report); delivering them would flood
+    Claude with history. A real text arrives late one or a few at a time (a phone back online, a sender's
+    slow clock). So a read with `STORM_ROWS` or more late rows starts a storm, and the storm goes on
+    through the following reads while they still carry late rows (a sync trickles in over several reads);
+    the first read with none ends it. During a storm late rows are held back, fresh rows (self-chat
+    included) are delivered as always. Pure."""
+    return late_rows >= STORM_ROWS or (storm_running and late_rows > 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,9 +313,11 @@ class InboundPipeline:
 
     `owner`: the owner's normalised handles (`ChatDB.owner_handles()`); `allow_sms`: env
     `IMESSAGE_ALLOW_SMS=true`; `dry_run`: decide only, never write access.json (pairing) — for
-    `imessage-channel watch`; `ledger`: the persisted seen-set (see `delivery`); `catchup_until` /
-    `catchup_since`: rows up to that ROWID arrived while the server was down and are delivered only
-    when dated since then; `newest_date`: newest delivered message (backfill reference); `inbox`:
+    `imessage-channel watch`; `ledger`: the persisted seen-set (see `delivery`); `catchup_until`:
+    rows up to that ROWID arrived while the server was down (`catch_up="true"`); `catchup_window`: the
+    catch-up window (older rows are not delivered; watch's replay sets it unbounded); `last_active`: the
+    local time of the last delivery state saved (where a re-anchor resumes); `replay_until`: rows up to
+    this ROWID skip the age step (`imessage-channel watch` replaying history); `inbox`:
     where images are converted for Claude (None: attachments are delivered as they are); `clock`:
     the one clock (`clock.Clock`: ages and event times from `now()`, grace periods and download waits
     from `monotonic()`). Not
@@ -293,8 +334,9 @@ class InboundPipeline:
     dry_run: bool = False
     ledger: DeliveryLedger | None = None
     catchup_until: int = 0
-    catchup_since: datetime | None = None
-    newest_date: datetime | None = None
+    catchup_window: timedelta = timedelta(hours=24)
+    last_active: datetime | None = None
+    replay_until: int = 0
     started: datetime | None = None
     inbox: Inbox | None = None
     clock: Clock = SYSTEM
@@ -304,13 +346,15 @@ class InboundPipeline:
     recent: deque[tuple[str, str, str, int, str]] = field(default_factory=deque)
     _recent_index: dict[tuple[str, ...], list[tuple[int, str]]] = field(default_factory=dict)
     edge_guid: str | None = None
-    _anchor_checked: bool = False
     _storm: int = 0
+    _read_storm: bool = False
     _tracked: OrderedDict[int, _Tracked] = field(default_factory=OrderedDict)
     _waiting: dict[int, _Waiting] = field(default_factory=dict)
     _joining: dict[int, _Joining] = field(default_factory=dict)
     _hold_expired: OrderedDict[str, float] = field(default_factory=OrderedDict)
     _generation: int | None = None
+    answered_in: str | None = None
+    """The self-chat GUID of the last permission verdict (where the owner answers prompts)."""
 
     def __post_init__(self) -> None:
         if self.started is None:
@@ -325,6 +369,12 @@ class InboundPipeline:
             self._self[chat_guid] = cached
         return cached
 
+    def from_owner(self, msg: Message) -> bool:
+        """Did the owner write `msg`? A sent row (`is_from_me`), or a received one whose sender handle is one
+        of the owner's (the received copy of a self-chat text). Self-chat trust needs this *and* the chat:
+        a row from anyone else in a chat that looks like self-chat is gated as that sender's."""
+        return msg.is_from_me or (msg.handle is not None and normalize_handle(msg.handle) in self.owner)
+
     # -- the loop body -------------------------------------------------------------------------
     def poll(self, limit: int = BATCH) -> tuple[list[Action], list[RowDecision]]:
         """Read up to `limit` rows past the watermark; return the actions and per-row decisions.
@@ -334,26 +384,30 @@ class InboundPipeline:
         from a sender whose files never came). Before the new rows come the follow-ups of messages already
         delivered: files joined late, finished downloads, edits, unsends. A replaced chat.db is
         reopened (follow-ups pending on the old one are dropped: its ROWIDs may mean other rows now);
-        a watermark above `MAX(ROWID)` (rows renumbered by a rebuild) is re-anchored by date. Raises
+        a file rebuilt, renumbered or restored in place is re-anchored (`_check_anchor`). Raises
         `ChatDBError` when chat.db cannot be read (the caller logs and retries)."""
         self.db.refresh()
         reopened = self._generation is not None and self.db.generation != self._generation
         self._generation = self.db.generation
         if reopened:  # here or by a tool call
             log.warning("chat.db was replaced; reopened it")
-            self._anchor_checked = False
             self._tracked.clear()
             self._waiting.clear()
             self._joining.clear()
-        if not self._anchor_checked:
-            self._check_anchor()
+        self._check_anchor()
         actions: list[Action] = [*self._late_joins(), *self._downloads(), *self._edits()]
         decisions: list[RowDecision] = []
         rows = self.db.messages_after(self.watermark, limit)
-        if not rows and self.watermark and self.db.max_rowid() < self.watermark:
-            self._reanchor()
-            rows = self.db.messages_after(self.watermark, limit)
+        now = self.clock.now()
+        self.last_active = now
+        live = max(self.catchup_until, self.replay_until)
+        late = sum(1 for m in rows if m.rowid > live and judge_age(m.date, now, self.catchup_window) is Age.LATE)
+        self._read_storm = is_storm(late, self._storm > 0)
         for msg in rows:
+            if msg.kind is Kind.UNREADABLE:  # logged by the reader; the watermark moves past it
+                decisions.append(RowDecision(msg, "drop", "unreadable"))
+                self.watermark, self.edge_guid = msg.rowid, msg.guid
+                continue
             pending = "waiting-for-chat-join" if msg.chat_guid is None else None
             if pending is None and msg.attachments_pending and msg.kind in FILE_KINDS and self._may_hold(msg):
                 pending = "waiting-for-attachments"
@@ -376,29 +430,39 @@ class InboundPipeline:
             decisions.append(RowDecision(msg, verdict, reason))
             actions += acts
             self.watermark, self.edge_guid = msg.rowid, msg.guid
-        if self._storm and len(rows) < limit:
+        if self._storm and not self._read_storm and len(rows) < limit:
             log.warning("sync storm over: %d old messages were not delivered as new", self._storm)
             self._storm = 0
         return actions, decisions
 
     def _check_anchor(self) -> None:
-        """At start and after chat.db was replaced: the row at the watermark must still be the one
-        decided last (`edge_guid`). A different GUID there means the ROWIDs were renumbered."""
-        self._anchor_checked = True
-        if self.watermark and self.edge_guid and self.db.guid_at(self.watermark) != self.edge_guid:
-            self._reanchor()
+        """Before each read: are the rows up to the watermark still the ones decided? Not when the
+        ROWID sequence fell below the watermark (chat.db rebuilt or renumbered: ROWIDs are never reused
+        otherwise), nor when the row at the watermark now has another GUID than the one decided there
+        (`edge_guid`: the file was restored or rebuilt in place, even with as many rows). A deleted row
+        at the watermark (None) is an ordinary deletion. Either case re-anchors (`_reanchor`)."""
+        if not self.watermark:
+            return
+        seq, guid = self.db.anchor(self.watermark)
+        if seq < self.watermark:
+            self._reanchor(f"the ROWID sequence went back to {seq}, below the watermark {self.watermark}")
+        elif guid is not None and self.edge_guid is not None and guid != self.edge_guid:
+            self._reanchor(f"the row at the watermark {self.watermark} is another message than the one read there")
 
-    def _reanchor(self) -> None:
-        """The watermark is above every ROWID: chat.db was rebuilt and renumbered. Resume at the first
-        row dated after the newest delivered message (minus `BACKFILL_THRESHOLD`); GUIDs already
-        delivered are still recognised by the ledger."""
-        top = self.db.max_rowid()
-        since = (self.newest_date or self.started or self.clock.now()) - BACKFILL_THRESHOLD
-        first = self.db.first_rowid_since(to_apple_ns(since))
-        new = (first - 1) if first is not None else top
-        log.warning(
-            "chat.db ROWIDs were renumbered (watermark %d > MAX(ROWID) %d); resuming at %d", self.watermark, top, new
-        )
+    def _reanchor(self, why: str) -> None:
+        """The rows at the watermark are not the ones decided (chat.db rebuilt, renumbered or restored).
+        Resume right after the last row decided (`edge_guid`) if the new file still has it under another
+        ROWID (renumbered); else at the first row dated since the channel was last active (local clock,
+        minus `LATE_AFTER`). GUIDs already delivered are still recognised by the ledger, and the age rules
+        judge the rest."""
+        moved = self.db.rowid_of(self.edge_guid) if self.edge_guid else None
+        if moved is not None:
+            new = moved
+        else:
+            since = (self.last_active or self.started or self.clock.now()) - LATE_AFTER
+            first = self.db.first_rowid_since(to_apple_ns(since))
+            new = (first - 1) if first is not None else self.db.max_rowid()
+        log.warning("chat.db was rebuilt or restored (%s); resuming after ROWID %d", why, new)
         self.watermark, self.edge_guid = new, None
         self.catchup_until = 0
 
@@ -419,20 +483,18 @@ class InboundPipeline:
             return "drop", msg.kind.value, []
         if self.ledger is not None and self.ledger.is_seen(msg.guid):
             return "drop", "already-delivered", []
-        if msg.date is not None:
-            if msg.rowid <= self.catchup_until:
-                if self.catchup_since is None or msg.date < self.catchup_since:
-                    return "drop", "catch-up-too-old", []
-            else:
-                reference = max(d for d in (self.started, self.newest_date) if d is not None)
-                if msg.date < reference - BACKFILL_THRESHOLD:
-                    if not self._storm:
-                        log.warning(
-                            "old messages are arriving as new rows (iCloud sync or a rebuild); not delivering them"
-                        )
-                    self._storm += 1
-                    return "drop", "backfill", []
-        self_chat = self.is_self_chat(msg.chat_guid)
+        age = judge_age(msg.date, self.clock.now(), self.catchup_window)
+        if msg.rowid <= self.replay_until:
+            age = Age.FRESH
+        elif msg.rowid <= self.catchup_until:
+            if age is Age.TOO_OLD:
+                return "drop", "catch-up-too-old", []
+        elif age is Age.TOO_OLD or (age is Age.LATE and self._read_storm):
+            if not self._storm:
+                log.warning("old messages are arriving as new rows (iCloud sync or a rebuild); not delivering them")
+            self._storm += 1
+            return "drop", "backfill" if age is Age.LATE else "too-old", []
+        self_chat = self.is_self_chat(msg.chat_guid) and self.from_owner(msg)
         if msg.text and self.echo.is_echo(msg.chat_guid, msg.text, self_chat=self_chat):
             return "drop", "echo", []
         if self_chat and msg.kind not in (Kind.TAPBACK, Kind.TAPBACK_REMOVAL) and self._is_twin(msg):
@@ -445,6 +507,7 @@ class InboundPipeline:
         ):
             allow = m.group(1).lower().startswith("y")
             rid = m.group(2).lower()
+            self.answered_in = msg.chat_guid
             ack = f"{'✅ Allowed' if allow else '❌ Denied'} ({rid})"
             return (
                 "verdict",
@@ -470,9 +533,9 @@ class InboundPipeline:
         if decision.verdict is Verdict.DELIVER:
             if self._is_duplicate(msg):
                 return "drop", "icloud-duplicate", []
-            if msg.date is not None and (self.newest_date is None or msg.date > self.newest_date):
-                self.newest_date = msg.date
             event = self._event(msg, self_chat)
+            if age is Age.LATE and msg.rowid > self.catchup_until:
+                event.meta["late"] = "true"
             if msg.kind in (Kind.TEXT, Kind.REPLY, Kind.EDIT) and not self.dry_run:
                 self._track(msg, event)
             return "deliver", decision.reason, [event]

@@ -226,6 +226,10 @@ class ServerProcess:
         """Block until a channel event matching `predicate` arrived; return it."""
         return self._wait(lambda: next((e for e in self.events() if predicate(e)), None), timeout, "a matching event")
 
+    def wait_log(self, text: str, timeout: float = 15) -> str:
+        """Block until the server's stderr contains `text`; return the whole log."""
+        return self._wait(lambda: log if text in (log := self.stderr()) else None, timeout, f"{text!r} in the log")
+
     def wait_notification(self, method: str, timeout: float = 15) -> dict[str, Any]:
         return self._wait(lambda: (n := self.notifications(method)) and n[-1], timeout, method)
 
