@@ -3,10 +3,11 @@
 Owns the step between the reader and the MCP session: for every row past the watermark it decides,
 in this order (design §2, §5):
 
-1. *pieces*: a row with no `chat_message_join` (or whose attributedBody names file transfers not yet
-   joined) holds the watermark for `JOIN_GRACE_S`, then goes on with a log (a reader that moved past
-   it would lose the message for good);
-2. *kind*: receipts, group events and rows already unsent are never delivered;
+1. *pieces*: a row with no `chat_message_join` (or with fewer joined files than its text's U+FFFC count or
+   its attributedBody's file transfers announce) holds the watermark for `JOIN_GRACE_S`, then goes on with
+   a log (a reader that moved past it would lose the message for good; its late files follow, see below);
+2. *kind*: receipts, rows already unsent and Messages' notices (group changes, location sharing, an audio
+   message kept, SharePlay, unknown `item_type`s) are never delivered (`NOT_DELIVERED`);
 3. *already delivered*: GUIDs in the delivery ledger's seen-set (a crash between push and commit);
 4. *age* (`judge_age`, `is_storm`): a row's age is its `date` against the local clock when it is read,
    never against another row's date (`date` is the sender's clock). Rows that arrived while the server
@@ -25,8 +26,10 @@ in this order (design §2, §5):
 
 `poll()` returns `Action`s — `Deliver`, `PermissionVerdict`, `Send` — and the decisions it took (for
 logs and `imessage-channel watch`). It performs no MCP or AppleScript I/O itself: the server executes
-the actions. Untrusted text only ever lands in `content`; meta values come from chat.db columns (file
-names, which senders choose, are flattened by `media.safe_name`).
+the actions. Untrusted text only ever lands in `content`; meta values come from chat.db columns, and those
+a sender's client can choose are checked first: file names are flattened by `media.safe_name`, reply and
+reaction targets must be GUID-shaped (`chatdb.message_guid`, else left out), and a row whose own GUID or
+chat GUID is not a plain id (`chatdb.plain_id`) is not delivered (reason `unsafe-id`).
 
 Rich messages (what each delivered row becomes, see `_event`):
 - *attachments*: every file on disk is listed in `attachments` (JSON `{path, mime, name, size[, original]}`,
@@ -34,8 +37,12 @@ Rich messages (what each delivered row becomes, see `_event`):
   `image_path`, `attachment_count` counts them all. Files still downloading (`transfer_state` ≠ 5) do
   not hold the watermark: the message is delivered now with `attachments_pending`, their ROWIDs are
   watched (at most `MAX_WAITING`, for `ATTACHMENT_WAIT_S`) with one query per poll, and each message's
-  finished files arrive as a follow-up event `kind="attachment"` with the original `message_id`;
-- *reactions* (tapbacks) read as `👍 liked your message "Done: 3 files…"` (`render.whose_message`);
+  finished files arrive as a follow-up event `kind="attachment"` with the original `message_id`. Files
+  announced but not joined when the message is delivered (joins committed late, one by one) count in
+  `attachments_pending` too; the message's joins are watched (at most `MAX_JOINING`, for `JOIN_WATCH_S`)
+  with one query per poll, and each newly joined file arrives the same way — no file goes missing silently;
+- *reactions* (tapbacks, and stickers placed on a bubble: `reaction="sticker"` with the sticker's image) read
+  as `👍 liked your message "Done: 3 files…"` (`render.whose_message`);
   *replies* get `reply_to` and a first line `↩ reply to your message "…"` in the content (never meta:
   the quote is someone's text);
 - *edits and unsends* change a row in place, so the watermark never sees them. Delivered messages
@@ -61,7 +68,7 @@ from enum import StrEnum
 from . import access as access_mod
 from .access import AccessStore
 from .appletime import from_apple, to_apple_ns
-from .chatdb import Attachment, ChatDB, Kind, Message, is_self_chat
+from .chatdb import Attachment, ChatDB, Kind, Message, is_self_chat, plain_id
 from .clock import SYSTEM, Clock
 from .delivery import RECENT_LIMIT, DeliveryLedger
 from .echo import EchoFilter, conversation_key, normalize_text
@@ -110,6 +117,27 @@ takes minutes); after that they are given up with a log line."""
 MAX_WAITING = 100
 """Unfinished attachments watched at once; beyond that new ones are not waited for (logged)."""
 
+JOIN_WATCH_S = 10 * 60.0
+"""How long a delivered message that still lacks some of its files (`Message.files_missing`) is watched for
+their `message_attachment_join` rows. Messages normally commits them within a second of the message; the
+watch outlasts a slow sync by far, and is bounded because the expected count comes from the sender's client
+(a U+FFFC typed into a text announces a file that will never come)."""
+
+MAX_JOINING = 100
+"""Messages watched for late joins at once; beyond that a message's missing files are logged, not waited for."""
+
+HOLD_PENALTY_S = 10 * 60.0
+"""When a sender's message was held the whole `JOIN_GRACE_S` for files that never joined, that sender's next
+messages are not held for files for this long: they are delivered at once and their files follow as
+`kind="attachment"` events. The U+FFFC count and the transfer runs are the sender's to write, so without
+this a stranger could delay every message behind theirs by `JOIN_GRACE_S` per text they send."""
+
+HOLD_PENALTY_LIMIT = 256
+"""Senders remembered for `HOLD_PENALTY_S` (the oldest are forgotten first)."""
+
+FILE_KINDS = frozenset({Kind.TEXT, Kind.REPLY, Kind.EDIT})
+"""Kinds whose files are waited for and followed (a reaction's sticker is not)."""
+
 EDIT_WINDOW = timedelta(minutes=16)
 """How long after its date a delivered message is watched for edits and unsends: Apple allows editing
 for 15 minutes (unsending for 2), iOS 16 / macOS Ventura ("Unsend and edit messages", Apple Support);
@@ -117,6 +145,25 @@ one more minute absorbs clock differences between the sender's device and this M
 
 TRACK_LIMIT = 200
 """Delivered messages watched for edits and unsends at once (the newest are kept)."""
+
+
+NOT_DELIVERED = frozenset(
+    {
+        Kind.RECEIPT,
+        Kind.UNSEND,
+        Kind.GROUP_EVENT,
+        Kind.LOCATION_SHARING,
+        Kind.AUDIO_KEPT,
+        Kind.SHAREPLAY,
+        Kind.OTHER_EVENT,
+    }
+)
+"""Kinds never delivered (the drop reason is the kind's value; `imessage-channel watch` words each one).
+A channel event makes Claude act, and none of these holds anything to act on: no words from anyone, and no
+data Claude could use — a row already unsent; Messages' notices of group changes, of location sharing
+started or stopped (the location itself lives in Find My, not chat.db), of an audio message kept (the
+recording was delivered with its own message), of a SharePlay/FaceTime session, or of an `item_type` this
+version does not know. They stay visible in `chat_messages` history."""
 
 
 class Age(StrEnum):
@@ -241,6 +288,18 @@ class _Waiting:
 
 
 @dataclass(slots=True)
+class _Joining:
+    """A delivered message whose files are not all joined: `known` are the attachment ROWIDs handled so
+    far, `missing` how many more its text or attributedBody announced."""
+
+    message: Message
+    self_chat: bool
+    known: set[int]
+    missing: int
+    since: float
+
+
+@dataclass(slots=True)
 class _Recent:
     text: str
     is_from_me: bool
@@ -291,6 +350,8 @@ class InboundPipeline:
     _read_storm: bool = False
     _tracked: OrderedDict[int, _Tracked] = field(default_factory=OrderedDict)
     _waiting: dict[int, _Waiting] = field(default_factory=dict)
+    _joining: dict[int, _Joining] = field(default_factory=dict)
+    _hold_expired: OrderedDict[str, float] = field(default_factory=OrderedDict)
     _generation: int | None = None
     answered_in: str | None = None
     """The self-chat GUID of the last permission verdict (where the owner answers prompts)."""
@@ -319,8 +380,9 @@ class InboundPipeline:
         """Read up to `limit` rows past the watermark; return the actions and per-row decisions.
 
         The watermark advances past every row decided here, and stops at a row still waiting for its
-        chat join or its attachment joins (for `JOIN_GRACE_S`). Before the new rows come the follow-ups
-        of messages already delivered: finished downloads, edits, unsends. A replaced chat.db is
+        chat join or its attachment joins (for `JOIN_GRACE_S`; for files, not again for `HOLD_PENALTY_S`
+        from a sender whose files never came). Before the new rows come the follow-ups of messages already
+        delivered: files joined late, finished downloads, edits, unsends. A replaced chat.db is
         reopened (follow-ups pending on the old one are dropped: its ROWIDs may mean other rows now);
         a file rebuilt, renumbered or restored in place is re-anchored (`_check_anchor`). Raises
         `ChatDBError` when chat.db cannot be read (the caller logs and retries)."""
@@ -331,8 +393,9 @@ class InboundPipeline:
             log.warning("chat.db was replaced; reopened it")
             self._tracked.clear()
             self._waiting.clear()
+            self._joining.clear()
         self._check_anchor()
-        actions: list[Action] = [*self._downloads(), *self._edits()]
+        actions: list[Action] = [*self._late_joins(), *self._downloads(), *self._edits()]
         decisions: list[RowDecision] = []
         rows = self.db.messages_after(self.watermark, limit)
         now = self.clock.now()
@@ -346,7 +409,7 @@ class InboundPipeline:
                 self.watermark, self.edge_guid = msg.rowid, msg.guid
                 continue
             pending = "waiting-for-chat-join" if msg.chat_guid is None else None
-            if pending is None and msg.attachments_pending and msg.kind in (Kind.TEXT, Kind.REPLY, Kind.EDIT):
+            if pending is None and msg.attachments_pending and msg.kind in FILE_KINDS and self._may_hold(msg):
                 pending = "waiting-for-attachments"
             if pending:
                 first = self._held_since.setdefault(msg.rowid, self.clock.monotonic())
@@ -354,9 +417,14 @@ class InboundPipeline:
                     decisions.append(RowDecision(msg, "hold", pending))
                     break
                 log.warning("message ROWID %d still %s after %.1f s; going on", msg.rowid, pending, JOIN_GRACE_S)
+                if pending == "waiting-for-attachments":
+                    self._hold_spent(msg)
             self._held_since.pop(msg.rowid, None)
             if msg.chat_guid is None:
                 verdict, reason, acts = "drop", "no-chat", []
+            elif plain_id(msg.guid) is None or plain_id(msg.chat_guid) is None:
+                log.warning("message ROWID %d: its GUID or chat GUID is not a plain id; not delivered", msg.rowid)
+                verdict, reason, acts = "drop", "unsafe-id", []
             else:
                 verdict, reason, acts = self._decide(msg)
             decisions.append(RowDecision(msg, verdict, reason))
@@ -411,7 +479,7 @@ class InboundPipeline:
 
     def _decide(self, msg: Message) -> tuple[str, str, list[Action]]:
         assert msg.chat_guid is not None
-        if msg.kind in (Kind.RECEIPT, Kind.GROUP_EVENT, Kind.UNSEND):
+        if msg.kind in NOT_DELIVERED:
             return "drop", msg.kind.value, []
         if self.ledger is not None and self.ledger.is_seen(msg.guid):
             return "drop", "already-delivered", []
@@ -476,17 +544,25 @@ class InboundPipeline:
         return "drop", decision.reason, []
 
     def _is_duplicate(self, msg: Message) -> bool:
-        """Is `msg` a second copy (another GUID) of a message just delivered? Records it otherwise."""
+        """Is `msg` a second copy (another GUID) of a message just delivered? Records it otherwise.
+
+        Files count as content: the fingerprint of a message with joined files includes their names, so two
+        photos sent in a row as two messages without text are not one photo twice; a message with neither
+        text nor joined files is never called a copy (nothing to compare yet)."""
         assert msg.chat_guid is not None
+        content = normalize_text(msg.text)
+        if msg.attachments:
+            content += "\0" + "\0".join(a.transfer_name or a.name for a in msg.attachments)
         key = (
             normalize_handle(msg.sender or ""),
             conversation_key(msg.chat_guid, self_chat=False),
-            hashlib.sha256(normalize_text(msg.text).encode()).hexdigest()[:16],
+            hashlib.sha256(content.encode()).hexdigest()[:16],
         )
         when = to_apple_ns(msg.date) if msg.date else 0
         window = DUPLICATE_WINDOW.total_seconds() * 1e9
         same = self._recent_index.setdefault(key, [])
-        if msg.kind in (Kind.TEXT, Kind.REPLY) and any(abs(d - when) <= window and g != msg.guid for d, g in same):
+        comparable = msg.kind in (Kind.TEXT, Kind.REPLY) and bool(msg.text or msg.attachments)
+        if comparable and any(abs(d - when) <= window and g != msg.guid for d, g in same):
             return True
         self.remember((*key, when, msg.guid))
         return False
@@ -556,11 +632,12 @@ class InboundPipeline:
         """The channel event for a row the gate let through (see the module docstring for its shape)."""
         meta = self._base_meta(msg, self_chat)
         content = msg.text
-        if msg.attachments:
+        if msg.attachments or (msg.files_missing and msg.kind in FILE_KINDS):
             labels = self._attachments(msg, self_chat, meta)
             content = content or labels
-        if msg.reply_to:
-            meta["reply_to"] = msg.reply_to
+        if msg.reply_to or msg.kind is Kind.REPLY:
+            if msg.reply_to:  # GUID-shaped only (chatdb.message_guid): the sender's client wrote it
+                meta["reply_to"] = msg.reply_to
             content = f"↩ reply to {self._target(msg, msg.reply_to)}\n{content}"
         if msg.kind is Kind.EDIT:
             meta["edited"] = "true"
@@ -568,25 +645,46 @@ class InboundPipeline:
             content = f"{reaction_phrase(msg.tapback)} {self._target(msg, msg.tapback.target_guid)}"
             meta["kind"] = "reaction"
             meta["reaction"] = msg.tapback.reaction
-            meta["reaction_to"] = msg.tapback.target_guid
+            if msg.tapback.target_guid:  # "" unless GUID-shaped (chatdb.tapback_of)
+                meta["reaction_to"] = msg.tapback.target_guid
             if msg.tapback.removed:
                 meta["reaction_removed"] = "true"
         if msg.rowid <= self.catchup_until:
             meta["catch_up"] = "true"
         return Deliver(content, meta, msg.rowid)
 
-    def _target(self, msg: Message, guid: str) -> str:
+    def _target(self, msg: Message, guid: str | None) -> str:
         """`your message "Done: 3 files…"`: whose message `guid` is and its first words (one lookup by
-        the unique `message.guid`), or `a message` when it is not in chat.db."""
-        target = self.db.message_by_guid(guid)
+        the unique `message.guid`), or `a message` when it is not in chat.db or there is no GUID."""
+        target = self.db.message_by_guid(guid) if guid else None
         quoted = quote_of(target) if target is not None else ""
         return f'{whose_message(target, msg)} "{quoted}"' if quoted else whose_message(target, msg)
 
     # -- attachments ---------------------------------------------------------------------------------
     def _attachments(self, msg: Message, self_chat: bool, meta: dict[str, str]) -> str:
-        """Add the attachment meta of `msg` to `meta`, start watching its unfinished downloads, and
-        return its attachment labels (the content of a message without text), e.g.
-        `[attachment: IMG_1.heic image/heic] [attachment: IMG_2.heic image/heic, still downloading]`.
+        """Add the attachment meta of `msg` to `meta`, start watching its unfinished downloads and its files
+        not joined yet, and return its attachment labels (the content of a message without text), e.g.
+        `[attachment: IMG_1.heic image/heic] [attachment: IMG_2.heic image/heic, still downloading]
+        [1 more attachment still arriving]`. `attachment_count` counts the files joined and those still
+        announced (`Message.files_missing`); `attachments_pending` the ones downloading or not joined yet."""
+        delivered, labels, pending = self._files(msg, msg.attachments, self_chat)
+        missing = msg.files_missing if msg.kind in FILE_KINDS else 0
+        if missing:
+            labels.append(_arriving_label(missing, more=bool(msg.attachments)))
+            self._watch_joins(msg, self_chat, missing)
+        _attachment_meta(meta, delivered, len(msg.attachments) + missing)
+        if pending + missing:
+            meta["attachments_pending"] = str(pending + missing)
+        if msg.is_audio_message or any(a.is_audio for a in msg.attachments):
+            meta["audio_message"] = "true"
+        if any(a.is_sticker for a in msg.attachments):
+            meta["sticker"] = "true"
+        return " ".join(labels)
+
+    def _files(
+        self, msg: Message, atts: tuple[Attachment, ...] | list[Attachment], self_chat: bool
+    ) -> tuple[list[Prepared], list[str], int]:
+        """`(delivered, labels, downloading)` for these files of `msg`; unfinished ones are watched (`_wait_for`).
 
         A file is delivered when it is on disk and finished (`transfer_state` 5) — or, for a row sent
         from this Mac (`is_from_me`), simply on disk: the original is local. A finished file that is not
@@ -594,7 +692,7 @@ class InboundPipeline:
         delivered: list[Prepared] = []
         labels: list[str] = []
         pending = 0
-        for att in msg.attachments:
+        for att in atts:
             label = attachment_label(att, audio_message=msg.is_audio_message)
             on_disk = bool(att.path) and os.path.isfile(att.path or "")
             if on_disk and (att.finished or msg.is_from_me):
@@ -610,14 +708,7 @@ class InboundPipeline:
                 labels.append(label[:-1] + ", still downloading]")
             else:
                 labels.append(label[:-1] + ", not on this Mac]")
-        _attachment_meta(meta, delivered, len(msg.attachments))
-        if pending:
-            meta["attachments_pending"] = str(pending)
-        if msg.is_audio_message or any(a.is_audio for a in msg.attachments):
-            meta["audio_message"] = "true"
-        if any(a.is_sticker for a in msg.attachments):
-            meta["sticker"] = "true"
-        return " ".join(labels)
+        return delivered, labels, pending
 
     def _wait_for(self, att: Attachment, msg: Message, self_chat: bool) -> None:
         if self.dry_run:
@@ -654,6 +745,12 @@ class InboundPipeline:
                 del self._waiting[rowid]
         return [self._download_event(waiting, atts) for waiting, atts in finished.values()]
 
+    def _still_coming(self, msg: Message) -> int:
+        """Files of delivered message `msg` still downloading or not joined yet (both watched)."""
+        joining = self._joining.get(msg.rowid)
+        downloading = sum(1 for w in self._waiting.values() if w.message.guid == msg.guid)
+        return downloading + (joining.missing if joining is not None else 0)
+
     def _download_event(self, waiting: _Waiting, atts: list[Attachment]) -> Deliver:
         """`kind="attachment"`: files of an earlier message (`message_id`) that finished downloading."""
         msg = waiting.message
@@ -662,7 +759,7 @@ class InboundPipeline:
         meta["kind"] = "attachment"
         delivered = [p for a in atts if (p := prepare(a, self.inbox)) is not None]
         _attachment_meta(meta, delivered, len(atts))
-        still = sum(1 for w in self._waiting.values() if w.message.guid == msg.guid)
+        still = self._still_coming(msg)
         if still:
             meta["attachments_pending"] = str(still)
         if msg.is_audio_message or any(a.is_audio for a in atts):
@@ -671,6 +768,87 @@ class InboundPipeline:
             meta["sticker"] = "true"
         labels = " ".join(attachment_label(a, audio_message=msg.is_audio_message) for a in atts)
         return Deliver(f"finished downloading for an earlier message: {labels}", meta)
+
+    # -- files joined after delivery ----------------------------------------------------------------
+    def _may_hold(self, msg: Message) -> bool:
+        """May `msg` hold the watermark for its files? Not within `HOLD_PENALTY_S` of a hold of its
+        sender's that expired without them."""
+        spent = self._hold_expired.get(normalize_handle(msg.sender or ""))
+        return spent is None or self.clock.monotonic() - spent >= HOLD_PENALTY_S
+
+    def _hold_spent(self, msg: Message) -> None:
+        """`msg` waited `JOIN_GRACE_S` for files that did not join: remember its sender (`_may_hold`)."""
+        key = normalize_handle(msg.sender or "")
+        self._hold_expired.pop(key, None)
+        self._hold_expired[key] = self.clock.monotonic()
+        while len(self._hold_expired) > HOLD_PENALTY_LIMIT:
+            self._hold_expired.popitem(last=False)
+
+    def _watch_joins(self, msg: Message, self_chat: bool, missing: int) -> None:
+        """Watch delivered `msg` for `missing` more files for `JOIN_WATCH_S` (at most `MAX_JOINING` messages)."""
+        if self.dry_run:
+            return
+        if len(self._joining) >= MAX_JOINING and msg.rowid not in self._joining:
+            log.warning(
+                "%d messages already watched for files; not waiting for %d of %s", MAX_JOINING, missing, msg.guid
+            )
+            return
+        known = {a.rowid for a in msg.attachments}
+        self._joining[msg.rowid] = _Joining(msg, self_chat, known, missing, self.clock.monotonic())
+
+    def _late_joins(self) -> list[Action]:
+        """Follow-up events (`kind="attachment"`, one per message) for files Messages joined to delivered
+        messages after delivery, with one query over the watched messages' joins; a message watched longer
+        than `JOIN_WATCH_S` is given up with a log line. Newly joined files still downloading are handed to
+        the download watch (`_wait_for`) and follow from there."""
+        if not self._joining:
+            return []
+        now = self.clock.monotonic()
+        for rowid, joining in list(self._joining.items()):
+            if now - joining.since > JOIN_WATCH_S:
+                log.warning(
+                    "%d file(s) of message %s never joined in %.0f min; not waiting longer",
+                    joining.missing,
+                    joining.message.guid,
+                    JOIN_WATCH_S / 60,
+                )
+                del self._joining[rowid]
+        if not self._joining:
+            return []
+        joined = self.db.attachments_of(self._joining)
+        out: list[Action] = []
+        for rowid, joining in list(self._joining.items()):
+            new = [a for a in joined.get(rowid, ()) if a.rowid not in joining.known]
+            if not new:
+                continue
+            joining.known.update(a.rowid for a in new)
+            joining.missing = max(joining.missing - len(new), 0)
+            if not joining.missing:
+                del self._joining[rowid]
+            event = self._late_event(joining, new)
+            if event is not None:
+                out.append(event)
+        return out
+
+    def _late_event(self, joining: _Joining, atts: list[Attachment]) -> Deliver | None:
+        """`kind="attachment"`: files joined to an earlier message (`message_id`) after it was delivered;
+        None when every one of them is still downloading (the download watch delivers them when done)."""
+        msg = joining.message
+        delivered, labels, downloading = self._files(msg, atts, joining.self_chat)
+        if downloading == len(atts):
+            return None
+        meta = self._base_meta(msg, joining.self_chat)
+        meta["ts"] = iso_utc(self.clock.now())
+        meta["kind"] = "attachment"
+        _attachment_meta(meta, delivered, len(atts))
+        still = self._still_coming(msg)
+        if still:
+            meta["attachments_pending"] = str(still)
+        if msg.is_audio_message or any(a.is_audio for a in atts):
+            meta["audio_message"] = "true"
+        if any(a.is_sticker for a in atts):
+            meta["sticker"] = "true"
+        return Deliver(f"arrived later for an earlier message: {' '.join(labels)}", meta)
 
     # -- edits and unsends ---------------------------------------------------------------------------
     def _track(self, msg: Message, event: Deliver) -> None:
@@ -746,6 +924,12 @@ class InboundPipeline:
             meta["self_chat"] = "true"
         quoted = f' "{first_words(tracked.text, 60)}"' if tracked.text else ""
         return Deliver(f"unsent their message{quoted}; disregard it", meta)
+
+
+def _arriving_label(count: int, *, more: bool) -> str:
+    """`[1 attachment still arriving]`, `[2 more attachments still arriving]`: files a message announced
+    (U+FFFC, transfer runs) that Messages has not joined to it yet."""
+    return f"[{count}{' more' if more else ''} attachment{'s' if count != 1 else ''} still arriving]"
 
 
 def _attachment_meta(meta: dict[str, str], delivered: list[Prepared], count: int) -> None:

@@ -115,8 +115,9 @@ the text
   arrived (the sender's phone was offline or its clock is slow): read `ts` with that in mind.
 - Files: `attachments` is a JSON list of {path, mime, name, size} you may Read (HEIC and huge photos come as
   JPEG copies; `original` is the file as received); `image_path` is the first image; `attachment_count` counts
-  all. `attachments_pending="N"`: N files are still downloading and follow in a `kind="attachment"` event with
-  the same message_id. `audio_message="true"`: a voice recording (you cannot play it); `sticker="true"`: a sticker.
+  all. `attachments_pending="N"`: N files are still downloading or not yet in Messages' database; they follow
+  in a `kind="attachment"` event with the same message_id. `audio_message="true"`: a voice recording (you
+  cannot play it); `sticker="true"`: a sticker.
 - `reply_to` is the GUID of the message answered; the body then starts with `↩ reply to … "its first words"`.
 - `kind` marks events that are not new texts: `reaction` (a tapback: `reaction`, `reaction_to`,
   `reaction_removed`; "your message" is one you sent; it is feedback, not a request), `edit` (the message

@@ -80,8 +80,13 @@ DROPPED: dict[str, tuple[str, _Hint | None]] = {
     "self-chat-copy": ("second copy of a self-chat text", None),
     "receipt": ("receipt, no text", None),
     "group_event": ("group event", None),
+    "location_sharing": ("a notice that location sharing started or stopped; the location is not in chat.db", None),
+    "audio_kept": ("a notice that someone kept an audio message", None),
+    "shareplay": ("a SharePlay/FaceTime notice", None),
+    "other_event": ("a Messages notice of a kind this version does not know", None),
     "unsend": ("unsent message", None),
     "no-chat": ("Messages never joined it to a chat", None),
+    "unsafe-id": ("its GUID or chat GUID holds characters that could forge meta", None),
     "unreadable": ("the row could not be decoded (see the log)", None),
     "backfill": ("backfill: an old message re-inserted by iCloud sync or a rebuild (a storm of late rows)", None),
     "too-old": ("dated before the catch-up window: history, not news", None),
@@ -108,7 +113,7 @@ def decision_words(d: RowDecision) -> str:
         return "permission answer"
     if d.verdict == "hold":
         if d.reason == "waiting-for-attachments":
-            return "waiting: its attachments are still downloading"
+            return "waiting: Messages has not joined all of its files to it yet"
         return "waiting: Messages has not joined it to a chat yet"
     return f"{d.verdict}: {d.reason.replace('-', ' ')}"
 
