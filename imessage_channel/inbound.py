@@ -9,12 +9,12 @@ in this order (design §2, §5):
 2. *kind*: receipts, rows already unsent and Messages' notices (group changes, location sharing, an audio
    message kept, SharePlay, unknown `item_type`s) are never delivered (`NOT_DELIVERED`);
 3. *already delivered*: GUIDs in the delivery ledger's seen-set (a crash between push and commit);
-4. *age* (`judge_age`, `is_storm`): a row's age is its `date` against the local clock when it is read,
-   never against another row's date (`date` is the sender's clock). Rows that arrived while the server
-   was down are delivered when dated within the catch-up window; a row that arrives late while running
-   (sender's clock slow, phone offline) is delivered with `late="true"`; rows older than the catch-up
-   window, and late rows in a storm (`is_storm`: iCloud backfill), are held back, counted and logged
-   once per storm;
+4. *age* (`judge_age`, `is_storm`): a row's age is its `date` against the local clock (the time of
+   this read and of the previous one), never against another row's date (`date` is the sender's clock).
+   Rows that arrived while the server was down are delivered when dated within the catch-up window; a
+   row written well before the previous read (sender's clock slow, phone offline) is delivered with
+   `late="true"`; rows older than the catch-up window, and late rows in a storm (`is_storm`: iCloud
+   backfill), are held back, counted and logged once per storm;
 5. *echo*: our own sends coming back (`EchoFilter`) are dropped;
 6. *self-chat twins*: a text typed on the phone to oneself exists twice (sent and received copy);
    the second copy is dropped;
@@ -169,21 +169,23 @@ version does not know. They stay visible in `chat_messages` history."""
 class Age(StrEnum):
     """How old a row is when it is read, by the local clock (see `judge_age`)."""
 
-    FRESH = "fresh"  # dated within LATE_AFTER of now, or in the future (a sender's clock ahead)
-    LATE = "late"  # older than LATE_AFTER, within the catch-up window
+    FRESH = "fresh"  # written after (or just before) the previous read, or dated ahead (a clock ahead)
+    LATE = "late"  # written well before the previous read, within the catch-up window
     TOO_OLD = "too-old"  # older than the catch-up window
 
 
-def judge_age(date: datetime | None, now: datetime, window: timedelta) -> Age:
-    """Age of a row dated `date` (UTC; None for a NULL date, treated as fresh) read at local time `now`:
-    FRESH up to `LATE_AFTER` old (or dated ahead of `now`), LATE up to `window` (the catch-up window,
-    env `IMESSAGE_CATCHUP_HOURS`), TOO_OLD beyond. Pure; only this row's date and the local clock count."""
-    if date is None:
+def judge_age(date: datetime | None, now: datetime, previous_read: datetime, window: timedelta) -> Age:
+    """Age of a row dated `date` (UTC; None for a NULL date, treated as fresh), read at local time `now`;
+    `previous_read` is the local time of the read before this one (or the start).
+
+    FRESH when dated after `previous_read` minus `LATE_AFTER`: written since we last looked, so news even if
+    it reaches us hours later (this Mac was asleep, Messages caught up on wake). LATE when dated before that
+    but within `window` of `now` (the catch-up window, env `IMESSAGE_CATCHUP_HOURS`): a sender's phone that
+    was offline, or a slow clock. TOO_OLD beyond. Pure: only this row's date and the local clock count,
+    never another row's date."""
+    if date is None or date >= previous_read - LATE_AFTER:
         return Age.FRESH
-    age = now - date
-    if age <= LATE_AFTER:
-        return Age.FRESH
-    return Age.LATE if age <= window else Age.TOO_OLD
+    return Age.LATE if now - date <= window else Age.TOO_OLD
 
 
 def is_storm(late_rows: int, storm_running: bool) -> bool:
@@ -315,8 +317,9 @@ class InboundPipeline:
     `IMESSAGE_ALLOW_SMS=true`; `dry_run`: decide only, never write access.json (pairing) — for
     `imessage-channel watch`; `ledger`: the persisted seen-set (see `delivery`); `catchup_until`:
     rows up to that ROWID arrived while the server was down (`catch_up="true"`); `catchup_window`: the
-    catch-up window (older rows are not delivered; watch's replay sets it unbounded); `last_active`: the
-    local time of the last delivery state saved (where a re-anchor resumes); `replay_until`: rows up to
+    catch-up window (older rows are not delivered; watch's replay sets it unbounded); `last_read`: the
+    local time of the latest read (ages are judged against the one before; a re-anchor resumes there;
+    the server starts it from the ledger's `last_active`); `replay_until`: rows up to
     this ROWID skip the age step (`imessage-channel watch` replaying history); `inbox`:
     where images are converted for Claude (None: attachments are delivered as they are); `clock`:
     the one clock (`clock.Clock`: ages and event times from `now()`, grace periods and download waits
@@ -335,7 +338,8 @@ class InboundPipeline:
     ledger: DeliveryLedger | None = None
     catchup_until: int = 0
     catchup_window: timedelta = timedelta(hours=24)
-    last_active: datetime | None = None
+    last_read: datetime | None = None
+    _previous_read: datetime | None = None
     replay_until: int = 0
     started: datetime | None = None
     inbox: Inbox | None = None
@@ -369,6 +373,11 @@ class InboundPipeline:
             self._self[chat_guid] = cached
         return cached
 
+    def _age(self, msg: Message) -> Age:
+        """`judge_age` of `msg` in the current read."""
+        assert self._previous_read is not None and self.last_read is not None
+        return judge_age(msg.date, self.last_read, self._previous_read, self.catchup_window)
+
     def from_owner(self, msg: Message) -> bool:
         """Did the owner write `msg`? A sent row (`is_from_me`), or a received one whose sender handle is one
         of the owner's (the received copy of a self-chat text). Self-chat trust needs this *and* the chat:
@@ -399,9 +408,11 @@ class InboundPipeline:
         decisions: list[RowDecision] = []
         rows = self.db.messages_after(self.watermark, limit)
         now = self.clock.now()
-        self.last_active = now
+        assert self.started is not None
+        self._previous_read = max(self.started, self.last_read or self.started)
+        self.last_read = now
         live = max(self.catchup_until, self.replay_until)
-        late = sum(1 for m in rows if m.rowid > live and judge_age(m.date, now, self.catchup_window) is Age.LATE)
+        late = sum(1 for m in rows if m.rowid > live and self._age(m) is Age.LATE)
         self._read_storm = is_storm(late, self._storm > 0)
         for msg in rows:
             if msg.kind is Kind.UNREADABLE:  # logged by the reader; the watermark moves past it
@@ -459,7 +470,7 @@ class InboundPipeline:
         if moved is not None:
             new = moved
         else:
-            since = (self.last_active or self.started or self.clock.now()) - LATE_AFTER
+            since = (self.last_read or self.started or self.clock.now()) - LATE_AFTER
             first = self.db.first_rowid_since(to_apple_ns(since))
             new = (first - 1) if first is not None else self.db.max_rowid()
         log.warning("chat.db was rebuilt or restored (%s); resuming after ROWID %d", why, new)
@@ -483,7 +494,7 @@ class InboundPipeline:
             return "drop", msg.kind.value, []
         if self.ledger is not None and self.ledger.is_seen(msg.guid):
             return "drop", "already-delivered", []
-        age = judge_age(msg.date, self.clock.now(), self.catchup_window)
+        age = self._age(msg)
         if msg.rowid <= self.replay_until:
             age = Age.FRESH
         elif msg.rowid <= self.catchup_until:

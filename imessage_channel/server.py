@@ -336,7 +336,7 @@ class Channel:
             pipeline.remember(fingerprint)
         pipeline.catchup_window = self.config.catchup_window
         if resume.last_active is not None:
-            pipeline.last_active = from_apple(resume.last_active)
+            pipeline.last_read = from_apple(resume.last_active)
         if resume.rowid is None and not resume.corrupt:
             pipeline.watermark = top
             return pipeline

@@ -4,8 +4,14 @@ Usage (from the repository root):
 
     uv run python scripts/soak.py --minutes 5 [--rate 5] [--restart-every 20] [--seed 1]
 
-A fixture chat.db gets `--rate` inbound texts per second from an allowlisted friend (some in bursts of
-up to 50 in one commit). Every `--restart-every` seconds on average the server is stopped, either
+A fixture chat.db gets `--rate` inbound texts per second from allowlisted friends (some in bursts of
+up to 50 in one commit, as when Messages catches up): one whose phone clock is right, one whose clock is
+a week ahead, one whose clock is 20 minutes slow; and now and then a text written hours earlier on a phone
+that was offline. Texts written well before the channel's previous read (the slow clock, the offline
+phone) arrive one per commit, as they do from a phone: twenty or more of them in one read are a sync storm
+and held back by design (`inbound.is_storm`). Every text must arrive.
+
+Every `--restart-every` seconds on average the server is stopped, either
 cleanly (stdin closed) or with SIGKILL, and started again on the same state dir; messages keep arriving
 while it is down. At the end the script reports what Claude would have received:
 delivered / expected / duplicates / missing, which must be equal, 0 and 0. Exit status 0 when they are.
@@ -20,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,6 +36,13 @@ from imessage_channel.simulator import MessagesSimulator
 from tests.harness import ServerProcess
 
 FRIEND = "friend@example.com"
+SENDERS = {  # address -> how far that phone's clock is off
+    FRIEND: timedelta(0),
+    "ahead@example.com": timedelta(days=7),
+    "slow@example.com": -timedelta(minutes=20),
+}
+LATE_SHARE = 0.03
+"""Share of texts written 1 to 5 hours before they arrive (a phone back online)."""
 
 
 def soak(minutes: float, rate: float, restart_every: float, seed: int) -> int:
@@ -39,10 +53,19 @@ def soak(minutes: float, rate: float, restart_every: float, seed: int) -> int:
     sim = MessagesSimulator(db, owner="owner@example.com")
     me = sim.self_chat()
     sim.send(me, "start")
-    friend = sim.dm(FRIEND)
+    chats = {address: sim.dm(address) for address in SENDERS}
     home = work / "home"
     (home / "state").mkdir(parents=True)
-    (home / "state" / "access.json").write_text(json.dumps({"allowFrom": [FRIEND]}))
+    (home / "state" / "access.json").write_text(json.dumps({"allowFrom": list(SENDERS)}))
+
+    def text(label: str, *, in_burst: bool = False) -> str:
+        senders = [s for s, skew in SENDERS.items() if skew >= timedelta(0)] if in_burst else list(SENDERS)
+        sender = rng.choice(senders)
+        written = datetime.now(UTC) + SENDERS[sender]
+        if not in_burst and rng.random() < LATE_SHARE:
+            written -= timedelta(hours=rng.uniform(1, 5))
+        return sim.receive(chats[sender], sender, label, date=written).guid
+
     env = {"IMESSAGE_LOG_LEVEL": "WARNING", "IMESSAGE_CATCHUP_MAX": "100000"}
 
     expected: list[str] = []
@@ -65,7 +88,7 @@ def soak(minutes: float, rate: float, restart_every: float, seed: int) -> int:
         burst = 1 if rng.random() < 0.9 else rng.randint(2, 50)
         with sim.batch():
             for _ in range(burst):
-                expected.append(sim.receive(friend, FRIEND, f"soak {n}").guid)
+                expected.append(text(f"soak {n}", in_burst=burst > 1))
                 n += 1
         time.sleep(rng.expovariate(rate / burst))
         if time.monotonic() >= next_restart:
@@ -80,7 +103,7 @@ def soak(minutes: float, rate: float, restart_every: float, seed: int) -> int:
             collect(server)
             server.stop()
             for _ in range(rng.randint(0, 10)):  # texts that arrive while it is down
-                expected.append(sim.receive(friend, FRIEND, f"soak {n} (while down)").guid)
+                expected.append(text(f"soak {n} (while down)"))
                 n += 1
             server = start()
             restarts += 1

@@ -47,22 +47,41 @@ def rig(tmp_path: Path):
 # -- 1. clocks ------------------------------------------------------------------------------------------------
 
 
+SECOND = timedelta(seconds=1)
+ASLEEP = NOW - timedelta(hours=3)  # the previous read was 3 h ago: this Mac slept
+
+
 @pytest.mark.parametrize(
-    ("dated", "age"),
+    ("dated", "previous_read", "age"),
     [
-        (None, Age.FRESH),
-        (NOW, Age.FRESH),
-        (NOW + timedelta(days=7), Age.FRESH),  # the sender's clock is a week ahead
-        (NOW - LATE_AFTER, Age.FRESH),
-        (NOW - LATE_AFTER - timedelta(seconds=1), Age.LATE),  # 15 min slow, or a phone briefly offline
-        (NOW - DAY, Age.LATE),
-        (NOW - DAY - timedelta(seconds=1), Age.TOO_OLD),
-        (NOW - timedelta(days=400), Age.TOO_OLD),
+        (None, NOW, Age.FRESH),
+        (NOW, NOW, Age.FRESH),
+        (NOW + timedelta(days=7), NOW, Age.FRESH),  # the sender's clock is a week ahead
+        (NOW - LATE_AFTER, NOW, Age.FRESH),
+        (NOW - LATE_AFTER - SECOND, NOW, Age.LATE),  # 15 min slow, or a phone briefly offline
+        (NOW - DAY, NOW, Age.LATE),
+        (NOW - DAY - SECOND, NOW, Age.TOO_OLD),
+        (NOW - timedelta(days=400), NOW, Age.TOO_OLD),
+        (ASLEEP + SECOND, ASLEEP, Age.FRESH),  # written while this Mac slept: news, however long ago
+        (ASLEEP - LATE_AFTER - SECOND, ASLEEP, Age.LATE),
     ],
-    ids=["no-date", "now", "week-ahead", "at-late-edge", "just-late", "at-window-edge", "past-window", "last-year"],
+    ids=[
+        "no-date",
+        "now",
+        "week-ahead",
+        "at-late-edge",
+        "just-late",
+        "at-window-edge",
+        "past-window",
+        "last-year",
+        "written-while-asleep",
+        "written-before-sleep",
+    ],
 )
-def test_a_rows_age_is_its_date_against_the_local_clock(dated: datetime | None, age: Age) -> None:
-    assert judge_age(dated, NOW, DAY) is age
+def test_a_rows_age_is_its_date_against_the_local_clock(
+    dated: datetime | None, previous_read: datetime, age: Age
+) -> None:
+    assert judge_age(dated, NOW, previous_read, DAY) is age
 
 
 @pytest.mark.parametrize(
