@@ -27,6 +27,7 @@ import os
 import plistlib
 import re
 import sqlite3
+import stat
 import threading
 import time
 import urllib.parse
@@ -56,6 +57,9 @@ OWNER_SCAN_ROWS = 20_000
 """How many of the newest `message` rows owner detection reads. Owner aliases in use show up in
 recent sent rows; scanning a fixed window keeps start-up O(1) in the size of the history."""
 
+
+_SQLITE_NOTADB = 26
+"""SQLite's result code for "file is not a database" (sqlite.org/rescode.html#notadb)."""
 
 BUSY_TIMEOUT_MS = 250
 """SQLite's own wait on a locked database before returning SQLITE_BUSY."""
@@ -518,11 +522,22 @@ class ChatDB:
             ) from None
         except OSError as exc:
             raise ChatDBError(f"Cannot see {self.path} ({exc}). " + FULL_DISK_ACCESS_HELP) from exc
+        if stat.S_ISDIR(st.st_mode):
+            raise ChatDBError(
+                f"{self.path} is a folder, not a database file: give the path of chat.db itself "
+                "(--db ~/Library/Messages/chat.db or IMESSAGE_DB_PATH)."
+            )
         try:
             conn = sqlite3.connect(_uri(self.path), uri=True, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA query_only = 1")
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorcode", None) == _SQLITE_NOTADB or "not a database" in str(exc):
+                raise ChatDBError(f"{self.path} is not an SQLite database ({exc}): check the path.") from exc
+            raise ChatDBError(
+                f"Cannot read the Messages database at {self.path} ({exc}). " + FULL_DISK_ACCESS_HELP
+            ) from exc
         except (sqlite3.Error, OSError) as exc:
             raise ChatDBError(
                 f"Cannot read the Messages database at {self.path} ({exc}). " + FULL_DISK_ACCESS_HELP

@@ -54,6 +54,14 @@ def _message_json(msg: Message) -> dict[str, object]:
 def cmd_messages(args: argparse.Namespace) -> int:
     """Print recent messages as the channel reads them: per-chat blocks, or JSON with --json."""
     with ChatDB(args.db or default_db_path()) as db, Progress("reading messages", total=args.limit) as progress:
+        if args.chat and db.chat(args.chat) is None:
+            progress.close()
+            return _fail(
+                args,
+                f"no chat has the GUID {args.chat!r}; `imessage-channel messages` lists recent messages with "
+                "their chats (e.g. 'iMessage;-;+15555550123')",
+                1,
+            )
         if args.chat:
             msgs = db.last_messages(args.chat, args.limit, progress.advance)
         else:
@@ -85,6 +93,28 @@ def cmd_messages(args: argparse.Namespace) -> int:
             )
         print("\n\n".join(out))
     return 0
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    """Report an error the way the command was asked to speak: `{"error": …}` on stdout with `--json`, else
+    one paragraph on stderr. Returns `code`."""
+    if getattr(args, "json", False):
+        json.dump({"error": message}, sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        print(f"imessage-channel: {message}", file=sys.stderr)
+    return code
+
+
+def _at_least_one(value: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
 
 
 def _serve() -> int:
@@ -170,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("messages", help="print recent messages as the channel reads them")
     p.add_argument("--db", type=Path, help="chat.db path (default: IMESSAGE_DB_PATH or ~/Library/Messages/chat.db)")
     p.add_argument("--chat", help="only this chat GUID (e.g. 'iMessage;-;+15555550123')")
-    p.add_argument("--limit", type=int, default=20, help="how many messages (default 20)")
+    p.add_argument("--limit", type=_at_least_one, default=20, help="how many messages (default 20)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_messages)
 
@@ -193,24 +223,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the decisions for --last/--from-rowid (default: the last 20), then exit",
     )
     p.set_defaults(func=_watch)
+    _remember_parsers(parser)
     return parser
 
 
+def _remember_parsers(parser: argparse.ArgumentParser) -> None:
+    """Give every (sub-)parser the default `parser_=itself`: after parsing, `args.parser_` is the deepest
+    sub-command's parser, so its errors show its own usage line, not the top-level one."""
+    parser.set_defaults(parser_=parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _remember_parsers(sub)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `imessage-channel` console script. Returns the process exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        return _serve()
-    if getattr(args, "limit", 1) < 1:
-        parser.error("--limit must be at least 1")
+    """Entry point of the `imessage-channel` console script. Returns the process exit code: 2 for a problem
+    the user can fix (said in one paragraph on stderr), 130 when interrupted (Ctrl-C), never a traceback for
+    either."""
+    args = argparse.Namespace()
     try:
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # said by the sub-command's own parser, with its own usage line
+            getattr(args, "parser_", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+        if args.command is None:
+            return _serve()
         return int(args.func(args))
     except ChatDBError as exc:
-        print(f"imessage-channel: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, str(exc), 2)
     except BrokenPipeError:
         return 0
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -312,6 +312,7 @@ class Channel:
         self.session: Any = None
         self.initialized = anyio.Event()
         self.tools_listed = anyio.Event()
+        self.exit_code = 0
         self.ready = anyio.Event()
         """Set once the client listens for channel notifications (see `LISTEN_GRACE_S`): nothing is pushed before."""
         self.server: Server[dict[str, Any]] = Server(
@@ -680,6 +681,7 @@ class Channel:
             async def signals() -> None:
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
                     async for signum in received:
+                        self.exit_code = 128 + signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
                         stop(f"received {signal.Signals(signum).name}")
                         return
 
@@ -735,8 +737,8 @@ def main() -> int:
     )
     try:
         anyio.run(channel.serve_stdio, parent)
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt:  # before the signal receiver was installed
+        channel.exit_code = 130
     finally:
         db.close()
     # Everything is saved (delivery state committed, outbox written on each change): skip the interpreter's
@@ -744,4 +746,4 @@ def main() -> int:
     # later, SIGTERM; a server still tearing down then is killed mid-way.
     logging.shutdown()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(channel.exit_code)

@@ -164,6 +164,14 @@ class Watcher:
 
 def _start_watermark(db: ChatDB, last: int | None, from_rowid: int | None) -> int:
     if from_rowid is not None:
+        top = db.max_rowid()
+        if from_rowid > top:
+            print(
+                f"imessage-channel watch: ROWID {from_rowid} is past the newest message (#{top}); "
+                "watching for new ones from there",
+                file=sys.stderr,
+            )
+            return top
         return max(0, from_rowid)
     if last is not None:
         recent = db.recent(last)

@@ -585,8 +585,10 @@ def test_missing_database_explains_full_disk_access(tmp_path):
     assert FDA_PATH in str(err.value)
 
 
-@pytest.mark.parametrize("kind", ["directory", "not a database"])
-def test_unreadable_database_explains_full_disk_access(tmp_path, kind):
+@pytest.mark.parametrize(
+    ("kind", "says"), [("directory", "is a folder, not a database file"), ("not a database", "not an SQLite database")]
+)
+def test_a_path_that_is_no_database_is_named_as_such_not_blamed_on_full_disk_access(tmp_path, kind, says):
     target = tmp_path / "chat.db"
     if kind == "directory":
         target.mkdir()
@@ -594,7 +596,7 @@ def test_unreadable_database_explains_full_disk_access(tmp_path, kind):
         target.write_bytes(b"this is not an SQLite database, it only has its name " * 20)
     with pytest.raises(ChatDBError) as err:
         ChatDB(target)
-    assert FDA_PATH in str(err.value)
+    assert says in str(err.value) and FDA_PATH not in str(err.value)
     assert "\n" not in str(err.value)
 
 

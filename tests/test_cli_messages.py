@@ -105,8 +105,9 @@ def test_chat_filter_and_limit(fixture_db, capsys):
     code, out, _err = run_cli(capsys, "--db", str(path), "--chat", f"iMessage;-;{FRIEND}", "--limit", "2", "--json")
     assert code == 0
     assert [e["guid"] for e in json.loads(out)] == [guids["hello"], guids["love"]]
-    code, out, _err = run_cli(capsys, "--db", str(path), "--chat", "iMessage;-;nobody@example.com")
-    assert (code, out) == (0, "No messages in iMessage;-;nobody@example.com.\n")
+    code, out, err = run_cli(capsys, "--db", str(path), "--chat", "iMessage;-;nobody@example.com")
+    assert (code, out) == (1, "")  # an unknown chat is a mistake to name, not an empty result
+    assert "no chat has the GUID 'iMessage;-;nobody@example.com'" in err
 
 
 def test_db_path_from_the_environment(fixture_db, capsys, monkeypatch):
@@ -185,14 +186,18 @@ def test_missing_database(tmp_path, capsys):
     assert_full_disk_access_paragraph(*run_cli(capsys, "--db", str(tmp_path / "chat.db")))
 
 
-def test_directory_instead_of_a_database(tmp_path, capsys):
-    assert_full_disk_access_paragraph(*run_cli(capsys, "--db", str(tmp_path)))
+def test_directory_instead_of_a_database_is_named_as_such(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "--db", str(tmp_path))
+    assert (code, out) == (2, "")
+    assert "is a folder, not a database file" in err and "Full Disk Access" not in err
 
 
-def test_file_that_is_not_a_database(tmp_path, capsys):
+def test_file_that_is_not_a_database_is_named_as_such(tmp_path, capsys):
     junk = tmp_path / "chat.db"
     junk.write_bytes(b"not an SQLite file, only its name " * 50)
-    assert_full_disk_access_paragraph(*run_cli(capsys, "--db", str(junk)))
+    code, out, err = run_cli(capsys, "--db", str(junk))
+    assert (code, out) == (2, "")
+    assert "is not an SQLite database" in err and "Full Disk Access" not in err
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads a chmod 000 file anyway; the other cases cover this path")

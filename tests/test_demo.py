@@ -25,7 +25,7 @@ def test_demo_delivers_one_event_sends_one_reply_and_drops_its_echo() -> None:
     text = out.getvalue()
     assert "✓ a channel" in text
     assert re.search(
-        r'<channel source="imessage" chat_id="iMessage;-;owner@example.com" .*self_chat="true">Hi Claude', text
+        r'<channel source="imessage" chat_id="iMessage;-;owner@example.com" .*self_chat="true">\n   Hi Claude', text
     )
     assert "dropped as our own echo ✓" in text
     assert re.search(r'osascript "-" "Saturday: .*\\nSent by Claude" "iMessage;-;owner@example.com"', text)
