@@ -113,7 +113,8 @@ def test_a_file_that_is_not_a_database_fails(env, tmp_path, capsys):
     bogus.write_bytes(b"this is not SQLite at all" * 100)
     code, out = run_doctor(capsys, "--db", str(bogus))
     assert code == 1
-    assert out.startswith(f"✗ chat.db readable: cannot read {bogus}\n    fix: Cannot read the Messages database")
+    assert out.startswith(f"✗ chat.db readable: cannot read {bogus}\n    fix: {bogus} is not an SQLite database")
+    assert "Full Disk Access" not in out.splitlines()[1]  # the path is wrong; access is not the problem
 
 
 def test_a_database_that_is_not_messages_fails(env, tmp_path, capsys):

@@ -227,10 +227,29 @@ def test_the_schema_check_catches_mistakes():
 
 
 def test_names_agree_everywhere():
+    # The plugin is `imessage`, like the official one, so its skills are /imessage:access and
+    # /imessage:configure and the channel is plugin:imessage@<marketplace>: installing ours instead of the
+    # official plugin changes nothing in what people type. The package and the marketplace keep our name.
     plugin, market = load(PLUGIN_JSON), load(MARKETPLACE_JSON)
-    assert plugin["name"] == PYPROJECT["project"]["name"] == "imessage-channel"
+    assert plugin["name"] == "imessage" and PYPROJECT["project"]["name"] == market["name"] == "imessage-channel"
     assert [p["name"] for p in market["plugins"]] == [plugin["name"]]
     assert market["name"] not in RESERVED_MARKETPLACE_NAMES and not market["name"].startswith("claude")
+
+
+@pytest.mark.parametrize("skill", ["access", "configure"])
+def test_skills_are_invoked_as_claude_code_derives_their_names(skill):
+    # Claude Code names a plugin skill `<plugin name>:<skill folder>` (the SKILL.md `name` must agree).
+    front = frontmatter(SKILLS / skill / "SKILL.md")
+    assert f"{load(PLUGIN_JSON)['name']}:{skill}" == f"imessage:{front['name']}" == f"imessage:{skill}"
+    text = (SKILLS / skill / "SKILL.md").read_text(encoding="utf-8")
+    assert f"# /imessage:{skill}" in text and "/imessage-channel:" not in text
+
+
+def test_docs_use_the_drop_in_names():
+    for doc in (ROOT / "README.md", ROOT / "docs" / "plugin.md"):
+        text = doc.read_text(encoding="utf-8")
+        assert "/imessage-channel:" not in text and "imessage-channel@imessage-channel" not in text, doc
+        assert "plugin:imessage@imessage-channel" in text, doc
 
 
 def test_versions_agree_with_pyproject():
