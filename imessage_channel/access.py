@@ -39,28 +39,26 @@ Differences from the official server, all deliberate:
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import itertools
 import json
 import logging
 import os
 import re
 import secrets
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from imessage_channel import statefile
 from imessage_channel.clock import SYSTEM, Clock
 from imessage_channel.handles import normalize_handle
+from imessage_channel.statefile import StatKey, stat_key
 
 log = logging.getLogger("imessage_channel.access")
 
 ACCESS_FILE = "access.json"
-LOCK_FILE = "access.json.lock"
 APPROVED_DIR = "approved"
 
 #: Pairing limits from the official server.ts: a code is 3 random bytes as 6 lowercase hex chars,
@@ -477,61 +475,9 @@ def static_mode() -> bool:
     return os.environ.get("IMESSAGE_ACCESS_MODE") == "static"
 
 
-def _ensure_dir(path: Path) -> None:
-    """Create `path` (and parents) with mode 0700; tighten an existing one we own to 0700."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with contextlib.suppress(PermissionError):
-        os.chmod(path, 0o700)
-
-
-@contextlib.contextmanager
-def locked(state: Path) -> Iterator[None]:
-    """Hold the exclusive advisory lock `<state>/access.json.lock` (fcntl.flock) for a read-modify-write.
-
-    Shared by `AccessStore.update` and the CLI; it blocks until the lock is free. Not re-entrant:
-    a second `locked` in the same process while the first is held deadlocks (flock locks belong to
-    the open file). Creates the state directory (0700) and the lock file (0600) when missing.
-    """
-    _ensure_dir(state)
-    fd = os.open(state / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically: temp file in the same directory, fsync, os.replace, 0600."""
-    _ensure_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-_StatKey = tuple[int, int, int]
-
-
-def _stat_key(path: Path) -> _StatKey | None:
-    try:
-        st = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):  # no file, or the state dir path is not a folder
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
+locked = statefile.locked
+"""`statefile.locked`: the advisory lock `<state>/access.json.lock` shared by `AccessStore.update`, the CLI
+and every move-aside in the state dir."""
 
 
 class AccessStore:
@@ -558,7 +504,7 @@ class AccessStore:
         self.clock = clock
         self.path = state / ACCESS_FILE
         self.static = static
-        self._cached: tuple[_StatKey | None, Access] | None = None
+        self._cached: tuple[StatKey | None, Access] | None = None
         self._boot: Access | None = None
         if static:
             boot = self._read(holding_lock=False)
@@ -584,8 +530,8 @@ class AccessStore:
         if self.static:
             raise AccessReadOnlyError("access.json is static (IMESSAGE_ACCESS_MODE=static); not writing")
         text = json.dumps(access.to_json(), indent=2, ensure_ascii=False) + "\n"
-        _atomic_write(self.path, text.encode("utf-8"))
-        self._cached = (_stat_key(self.path), access)
+        statefile.atomic_write(self.path, text.encode("utf-8"))
+        self._cached = (stat_key(self.path), access)
 
     def update(self, fn: Callable[[Access], Access]) -> Access:
         """Read-modify-write under `locked(state_dir)`: `fn(current)` is saved (unless it returns the
@@ -600,7 +546,7 @@ class AccessStore:
             return new
 
     def _read(self, *, holding_lock: bool) -> Access:
-        key = _stat_key(self.path)
+        key = stat_key(self.path)
         cached = self._cached
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -618,35 +564,12 @@ class AccessStore:
         self._cached = (key, access)
         return access
 
-    def _move_corrupt_aside(self, key: _StatKey, exc: Exception, *, holding_lock: bool) -> None:
+    def _move_corrupt_aside(self, key: StatKey, exc: Exception, *, holding_lock: bool) -> None:
         """Move the corrupt file aside, under the lock and only if it is still the file we parsed
         (a writer may have replaced it meanwhile)."""
-        with contextlib.ExitStack() as stack:
-            if not holding_lock:
-                stack.enter_context(locked(self.state_dir))
-            if _stat_key(self.path) == key:
-                aside = _move_aside(self.path, self.clock.now())
-                log.warning("access.json is corrupt (%s); moved aside to %s, using defaults", exc, aside.name)
-
-
-def _move_aside(path: Path, now: datetime) -> Path:
-    """Rename `path` to `<name>.corrupt-<UTC YYYYmmddTHHMMSSZ>[-N]`, never replacing an existing file
-    (a hard link fails rather than overwrite; where links are unsupported, check then rename)."""
-    stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for n in itertools.count():
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}" + (f"-{n}" if n else ""))
-        try:
-            os.link(path, aside)
-        except FileExistsError:
-            continue
-        except OSError:
-            if aside.exists():
-                continue
-            os.rename(path, aside)
-            return aside
-        os.unlink(path)
-        return aside
-    raise AssertionError("unreachable")
+        aside = statefile.move_aside_if_unchanged(self.path, key, self.clock.now(), holding_lock=holding_lock)
+        if aside is not None:
+            log.warning("access.json is corrupt (%s); moved aside to %s, using defaults", exc, aside.name)
 
 
 def _log_bad_patterns(patterns: tuple[str, ...]) -> None:
@@ -673,8 +596,7 @@ def write_approval(state: Path, sender: str, chat_id: str) -> None:
     sender id that cannot be a plain file name (contains `/`, NUL, or starts with `.`).
     """
     path = _approval_path(state, sender)
-    _ensure_dir(state)
-    _atomic_write(path, chat_id.encode("utf-8"))
+    statefile.atomic_write(path, chat_id.encode("utf-8"))
 
 
 def pending_approvals(state: Path) -> list[str]:
