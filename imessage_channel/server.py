@@ -275,8 +275,8 @@ class Channel:
         self.store = AccessStore(config.state_dir, static=config.static, clock=clock)
         self.owner = db.owner_handles()
         self.echo = EchoFilter(clock=clock.monotonic)
-        self.ledger = DeliveryLedger(config.state_dir, db.path)
-        self.outbox = Outbox(config.state_dir, clock=clock.wall)
+        self.ledger = DeliveryLedger(config.state_dir, db.path, clock)
+        self.outbox = Outbox(config.state_dir, clock=clock.wall, stamp=clock)
         self.outbox.load()
         self._outbox_changed = anyio.Event()
         self.pipeline = self._resume(

@@ -1,0 +1,200 @@
+"""Nothing a sender, a clock or a crash does can blind the channel: hostile state files.
+
+Items proven here (issue "Nothing a sender, a clock or a crash does can blind the channel"):
+
+- 4. Malformed state files never stop a start: `delivered.log` with invalid UTF-8, `outbox.json` entries of the
+  wrong types, a `delivery.json` of the wrong shape; each bad file is moved aside under a unique name
+  (`<name>.corrupt-<UTC stamp>[-N]`, never replacing an older one), logged once, and what was good in it is kept.
+
+Server behaviour is tested against the real server over stdio (tests/harness.py); "not delivered" is proven
+with a sentinel row. Pure units (the `statefile` helpers) are tested directly, with a `ManualClock`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from imessage_channel import statefile
+from imessage_channel.clock import ManualClock
+from tests.test_durability import FRIEND, Rig
+
+T0 = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
+
+
+@pytest.fixture
+def rig(tmp_path: Path):
+    r = Rig(tmp_path)
+    yield r
+    r.close()
+
+
+def state(rig: Rig) -> Path:
+    return rig.home / "state"
+
+
+def asides(folder: Path, name: str) -> list[Path]:
+    return sorted(folder.glob(f"{name}.corrupt-*"))
+
+
+def contents(server) -> list[str]:
+    return [e["content"] for e in server.events()]
+
+
+# --- statefile: the one implementation of atomic writes and move-aside --------------------------------------
+
+
+def test_atomic_write_creates_a_private_file_in_a_private_dir_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "new" / "x.json"
+    statefile.atomic_write(target, b"{}")
+    assert target.read_bytes() == b"{}"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert stat.S_IMODE(target.parent.stat().st_mode) == 0o700
+    assert [p.name for p in target.parent.iterdir()] == ["x.json"]
+
+
+def test_move_aside_never_replaces_an_earlier_file(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    path = tmp_path / "outbox.json"
+    names = []
+    for text in ("first", "second", "third"):
+        path.write_text(text)
+        names.append(statefile.move_aside(path, clock.now()).name)
+    assert names == [
+        "outbox.json.corrupt-20310506T070809Z",
+        "outbox.json.corrupt-20310506T070809Z-1",
+        "outbox.json.corrupt-20310506T070809Z-2",
+    ]
+    assert [p.read_text() for p in asides(tmp_path, "outbox.json")] == ["first", "second", "third"]
+    assert not path.exists()
+
+
+def test_load_leaves_an_unreadable_file_where_it_is(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "outbox.json"
+    path.mkdir()  # as unreadable as a root-owned 0600 file is to its user (the tests run as root)
+    loaded = statefile.load(path, json.loads, clock=ManualClock(T0), log=statefile_log(), then="going on")
+    assert loaded.state is statefile.LoadState.UNREADABLE and loaded.value is None
+    assert path.is_dir() and not asides(tmp_path, "outbox.json")
+    assert "left where it is" in caplog.text and "directory" in caplog.text
+
+
+def statefile_log():
+    import logging
+
+    return logging.getLogger("tests.hostile_state")
+
+
+# --- item 4: malformed state files never stop a start ------------------------------------------------------
+
+
+def queued(chat: str, **fields: object) -> dict[str, object]:
+    """An outbox entry as the server writes it, due at once; `fields` override (the fault)."""
+    entry: dict[str, object] = {
+        "id": "abc123",
+        "chat_guid": chat,
+        "parts": ["still queued"],
+        "files": [],
+        "first_words": "still queued",
+        "created": 0,
+        "next_at": 0,
+        "attempts": 1,
+        "last_error": "Messages is not running",
+        "extra": {},
+    }
+    return {**entry, **fields}
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("outbox.json", b"{not json"),
+        ("outbox.json", b'{"version": 1, "entries": 5}'),
+        ("outbox.json", json.dumps({"version": 1, "entries": [{"id": 1}]}).encode()),
+        ("delivery.json", b"\xff\xfe{}"),
+        ("delivery.json", json.dumps({"version": 1, "db": "x", "rowid": "12"}).encode()),
+        ("delivery.json", json.dumps({"version": 1, "db": "x", "rowid": 3, "seen": 5}).encode()),
+        ("delivery.json", json.dumps({"version": 1, "db": "x", "rowid": 3, "recent": [[1, 2]]}).encode()),
+        ("delivered.log", b"\xff\xfe\xfd\n"),
+    ],
+    ids=[
+        "outbox-not-json",
+        "outbox-entries-not-a-list",
+        "outbox-entry-of-wrong-types",
+        "delivery-not-utf8",
+        "delivery-rowid-a-string",
+        "delivery-seen-a-number",
+        "delivery-recent-malformed",
+        "delivered-log-not-utf8",
+    ],
+)
+def test_a_malformed_state_file_is_moved_aside_and_the_server_starts(rig: Rig, name: str, content: bytes) -> None:
+    (state(rig) / name).write_bytes(content)
+    server = rig.start()
+    rig.sentinel(server)
+    [aside] = asides(state(rig), name)
+    assert aside.read_bytes() == content
+    assert f"{name} is corrupt" in server.stderr() and "Traceback" not in server.stderr()
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [{"parts": 5}, {"next_at": "soon"}, {"files": [3]}, {"attempts": -1}, {"chat_guid": None}, {"created": True}],
+    ids=["parts-a-number", "next_at-a-word", "files-not-strings", "attempts-negative", "no-chat", "created-a-bool"],
+)
+def test_bad_outbox_entries_are_dropped_and_the_good_ones_are_still_sent(rig: Rig, fault: dict[str, object]) -> None:
+    good = queued(rig.me.guid, id="good", parts=["the good one"])
+    bad = queued(rig.me.guid, **{"id": "bad", "parts": ["the bad one"], **fault})
+    doc = json.dumps({"version": 1, "entries": [bad, good]}).encode()
+    (state(rig) / "outbox.json").write_bytes(doc)
+    server = rig.start()
+    [call] = server.wait_osascript(1)
+    assert call["argv"][1] == "the good one"
+    rig.sentinel(server)
+    assert [c["argv"][1] for c in server.osascript_calls()] == ["the good one"]
+    [aside] = asides(state(rig), "outbox.json")
+    assert aside.read_bytes() == doc  # nothing that was in the file is lost
+    assert "entry 0" in server.stderr()
+
+
+def test_guids_in_a_damaged_delivered_log_still_count_as_delivered(rig: Rig) -> None:
+    first = rig.start()
+    rig.sentinel(first)
+    first.close_stdin()
+    assert first.wait_exit() == 0
+    row = rig.sim.receive(rig.friend, FRIEND, "delivered just before a crash")
+    # The crash left the log with this GUID, then garbage (a torn write on a damaged disk).
+    (state(rig) / "delivered.log").write_bytes(row.guid.encode() + b"\n\xff\xfe\x00garbage\n")
+    second = rig.start()
+    rig.sentinel(second)
+    assert contents(second) == ["sentinel 2"]
+    [aside] = asides(state(rig), "delivered.log")
+    assert row.guid.encode() in aside.read_bytes()
+
+
+def test_a_second_bad_outbox_never_replaces_the_first(rig: Rig) -> None:
+    for n in (1, 2):
+        (state(rig) / "outbox.json").write_text(f"broken {n}")
+        server = rig.start()
+        rig.sentinel(server)
+        server.close_stdin()
+        assert server.wait_exit() == 0
+    kept = sorted(p.read_text() for p in asides(state(rig), "outbox.json"))
+    assert kept == ["broken 1", "broken 2"]
+
+
+def test_an_unreadable_outbox_is_left_in_place_and_never_overwritten(rig: Rig) -> None:
+    blocker = state(rig) / "outbox.json"
+    blocker.mkdir()
+    (blocker / "keep").write_text("whatever was here")
+    server = rig.start(osascript_mode="fail-600,ok")
+    result = server.call_tool("reply", {"chat_id": rig.me.guid, "text": "queued in memory"})
+    assert "queued" in result["content"][0]["text"]
+    server.wait_osascript(2, timeout=30)
+    assert (blocker / "keep").read_text() == "whatever was here" and not asides(state(rig), "outbox.json")
+    assert "left where it is" in server.stderr()
+    assert os.path.isdir(blocker)
