@@ -480,12 +480,17 @@ locked = statefile.locked
 and every move-aside in the state dir."""
 
 
+class AccessUnavailableError(RuntimeError):
+    """access.json cannot be used right now: it exists but cannot be read (permissions, a directory in its
+    place, EIO). `str(err)` names the file, the reason and the fix (`statefile.unreadable_help`)."""
+
+
 class AccessStore:
     """access.json in `state` (see `state_dir`), re-read when it changes.
 
     `load()` is cheap to call per inbound message: the parsed `Access` is cached by the file's
-    `(st_mtime_ns, st_size, st_ino)` and parsed again only when that changes (the official server
-    re-reads on every message; ACCESS.md: edits apply without a restart).
+    `statefile.StatKey` (mtime, size, inode, ctime) and parsed again only when that changes (the official
+    server re-reads on every message; ACCESS.md: edits apply without a restart).
 
     With `static=True` (env `IMESSAGE_ACCESS_MODE=static`) the file is read once, here, and never
     re-read or written; as in server.ts, a `pairing` policy is downgraded to `allowlist` (pairing
@@ -493,10 +498,14 @@ class AccessStore:
     `AccessReadOnlyError`.
 
     A file that is not JSON or not of the schema's shape is moved aside to
-    `access.json.corrupt-<UTC timestamp>` (never over an existing file), a warning is logged on
-    logger "imessage_channel.access", and the defaults are used. An unreadable file (permissions)
-    raises `OSError`. Regexes in `mentionPatterns` that do not compile are logged once per new file
-    version; the gate skips them.
+    `access.json.corrupt-<UTC timestamp>` (never over an existing file, `statefile.move_aside`), a warning
+    is logged on logger "imessage_channel.access", and the defaults are used.
+
+    An unreadable file (another owner's 0600 file after `sudo imessage-channel access …`, a directory, EIO)
+    is left where it is: `load()` returns the defaults (self-chat needs no access.json; everyone else is
+    dropped) and logs one warning naming the fix, and one line when it can be read again; `update()` raises
+    `AccessUnavailableError` rather than replace a file it could not read. Regexes in `mentionPatterns` that
+    do not compile are logged once per new file version; the gate skips them.
     """
 
     def __init__(self, state: Path, *, static: bool = False, clock: Clock = SYSTEM) -> None:
@@ -506,26 +515,43 @@ class AccessStore:
         self.static = static
         self._cached: tuple[StatKey | None, Access] | None = None
         self._boot: Access | None = None
+        self._unreadable: tuple[int | None, str] | None = None
         if static:
-            boot = self._read(holding_lock=False)
-            if boot.dm_policy is DmPolicy.PAIRING:
-                log.warning('static mode: dmPolicy "pairing" downgraded to "allowlist"')
-                boot = replace(boot, dm_policy=DmPolicy.ALLOWLIST)
-            self._boot = replace(boot, pending={})
+            self._try_boot()
+
+    def _try_boot(self) -> None:
+        """Static mode: freeze the first configuration read. An unreadable file is retried at each `load`
+        until it can be read once."""
+        boot, problem = self._examine(holding_lock=False)
+        if problem is not None:
+            return
+        if boot.dm_policy is DmPolicy.PAIRING:
+            log.warning('static mode: dmPolicy "pairing" downgraded to "allowlist"')
+            boot = replace(boot, dm_policy=DmPolicy.ALLOWLIST)
+        self._boot = replace(boot, pending={})
 
     @classmethod
     def from_env(cls) -> AccessStore:
         """The store for `state_dir()`, static when `static_mode()`."""
         return cls(state_dir(), static=static_mode())
 
-    def load(self) -> Access:
-        """The current access (defaults when the file is missing); see the class docstring."""
+    def load(self, *, strict: bool = False) -> Access:
+        """The current access (defaults when the file is missing or unreadable); never raises unless
+        `strict`, which raises `AccessUnavailableError` instead of returning defaults for an unreadable file
+        (for the CLI, which must not show defaults as if they were the file). See the class docstring."""
         if self._boot is not None:
             return self._boot
-        return self._read(holding_lock=False)
+        if self.static:
+            self._try_boot()
+            if self._boot is not None:
+                return self._boot
+        access, problem = self._examine(holding_lock=False)
+        if strict and problem is not None:
+            raise problem
+        return access
 
     def save(self, access: Access) -> None:
-        """Write `access` atomically (temp + fsync + os.replace; file 0600, directory 0700), as 2-space
+        """Write `access` atomically (`statefile.atomic_write`: file 0600, directory 0700), as 2-space
         indented JSON with a trailing newline. Prefer `update` when the write depends on a read."""
         if self.static:
             raise AccessReadOnlyError("access.json is static (IMESSAGE_ACCESS_MODE=static); not writing")
@@ -535,39 +561,77 @@ class AccessStore:
 
     def update(self, fn: Callable[[Access], Access]) -> Access:
         """Read-modify-write under `locked(state_dir)`: `fn(current)` is saved (unless it returns the
-        very object it got) and returned. Serialises with other processes using the same lock."""
+        very object it got) and returned. Serialises with other processes using the same lock.
+        Raises `AccessUnavailableError` when access.json exists but cannot be read (nothing is written),
+        `OSError` when the lock or the write fails."""
         if self.static:
             raise AccessReadOnlyError("access.json is static (IMESSAGE_ACCESS_MODE=static); not writing")
         with locked(self.state_dir):
-            current = self._read(holding_lock=True)
+            current, problem = self._examine(holding_lock=True)
+            if problem is not None:
+                raise problem
             new = fn(current)
             if new is not current:
                 self.save(new)
             return new
 
     def _read(self, *, holding_lock: bool) -> Access:
-        key = stat_key(self.path)
-        cached = self._cached
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        if key is None:
-            access = Access()
-        else:
-            try:
-                access = Access.from_json(json.loads(self.path.read_bytes()))
-            except FileNotFoundError:  # deleted between stat and read: same as missing
-                return Access()
-            except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, AccessShapeError
-                self._move_corrupt_aside(key, exc, holding_lock=holding_lock)
-                return self._read(holding_lock=holding_lock)  # now missing, or a writer's new file
-            _log_bad_patterns(access.mention_patterns or ())
-        self._cached = (key, access)
-        return access
+        return self._examine(holding_lock=holding_lock)[0]
 
-    def _move_corrupt_aside(self, key: StatKey, exc: Exception, *, holding_lock: bool) -> None:
+    def _examine(self, *, holding_lock: bool) -> tuple[Access, AccessUnavailableError | None]:
+        """(the access in force, the reason it is the defaults when access.json cannot be read)."""
+        for _ in range(3):  # a corrupt file moved aside, then whatever a writer put there meanwhile
+            try:
+                key = stat_key(self.path)
+                cached = self._cached
+                if cached is not None and cached[0] == key:
+                    return cached[1], None
+                data = statefile.read(self.path) if key is not None else None
+            except OSError as exc:  # statefile.Unreadable, or the state folder itself is unreadable
+                return Access(), self._note_unreadable(exc)
+            self._note_readable()
+            if data is None:
+                access = Access()
+            else:
+                try:
+                    access = Access.from_json(json.loads(data))
+                except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, AccessShapeError
+                    self._move_corrupt_aside(key, exc, holding_lock=holding_lock)
+                    continue
+                _log_bad_patterns(access.mention_patterns or ())
+            self._cached = (key, access)
+            return access, None
+        return Access(), None
+
+    def _note_unreadable(self, exc: OSError) -> AccessUnavailableError:
+        """Log once per kind of failure that access.json cannot be read; the error to raise for it."""
+        cause = exc.cause if isinstance(exc, statefile.Unreadable) else exc
+        reason, fix = statefile.describe_error(cause), statefile.unreadable_help(self.path, cause)
+        signature = (cause.errno, reason)
+        if self._unreadable != signature:
+            self._unreadable = signature
+            log.warning(
+                "cannot read %s (%s): self-chat still works, everyone else gets the defaults (dropped) until it "
+                "can be read; it is left as it is. Fix: %s",
+                self.path,
+                reason,
+                fix,
+            )
+        return AccessUnavailableError(f"cannot read {self.path} ({reason}). Fix: {fix}")
+
+    def _note_readable(self) -> None:
+        if self._unreadable is not None:
+            self._unreadable = None
+            log.warning("%s can be read again; its settings apply", self.path)
+
+    def _move_corrupt_aside(self, key: StatKey | None, exc: Exception, *, holding_lock: bool) -> None:
         """Move the corrupt file aside, under the lock and only if it is still the file we parsed
         (a writer may have replaced it meanwhile)."""
-        aside = statefile.move_aside_if_unchanged(self.path, key, self.clock.now(), holding_lock=holding_lock)
+        try:
+            aside = statefile.move_aside_if_unchanged(self.path, key, self.clock.now(), holding_lock=holding_lock)
+        except OSError as move_error:
+            log.warning("access.json is corrupt (%s) and cannot be moved aside (%s)", exc, move_error)
+            return
         if aside is not None:
             log.warning("access.json is corrupt (%s); moved aside to %s, using defaults", exc, aside.name)
 
@@ -601,7 +665,7 @@ def write_approval(state: Path, sender: str, chat_id: str) -> None:
 
 def pending_approvals(state: Path) -> list[str]:
     """Sender ids with an `approved/<senderId>` file, sorted; empty when the directory is missing.
-    Dot-files (our temp files) are skipped."""
+    Dot-files (our temp files) are skipped. Raises `OSError` when `approved/` cannot be listed."""
     try:
         names = os.listdir(state / APPROVED_DIR)
     except (FileNotFoundError, NotADirectoryError):

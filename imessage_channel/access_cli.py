@@ -27,18 +27,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from . import access as access_mod
+from . import statefile
 from .access import (
     MAX_TEXT_CHUNK_LIMIT,
     Access,
     AccessStore,
+    AccessUnavailableError,
     ChunkMode,
     DmPolicy,
     GroupPolicy,
@@ -465,7 +469,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = _dispatch(args, store, now)
         if result is None:
-            access = store.load()
+            access = store.load(strict=True)
             if as_json:
                 now_ms = _ms(now)
                 out = {
@@ -481,10 +485,14 @@ def run(args: argparse.Namespace) -> int:
     except (AccessCLIError, PairingError) as exc:
         print(f"imessage-channel access: {exc}", file=sys.stderr)
         return 2
+    except AccessUnavailableError as exc:
+        print(f"imessage-channel access: {exc}. Nothing was changed.", file=sys.stderr)
+        return 2
     except OSError as exc:
+        where = Path(exc.filename) if exc.filename and os.path.lexists(exc.filename) else store.state_dir
         print(
-            f"imessage-channel access: cannot update {store.path} ({exc.strerror or exc}). Check that the state "
-            f"directory {store.state_dir} belongs to you (`imessage-channel doctor` checks it).",
+            f"imessage-channel access: cannot update {store.path}: {where} ({statefile.describe_error(exc)}). "
+            f"Fix: {statefile.unreadable_help(where, exc)}. `imessage-channel doctor` checks the state directory.",
             file=sys.stderr,
         )
         return 2

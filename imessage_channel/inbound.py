@@ -250,6 +250,7 @@ class InboundPipeline:
     _tracked: OrderedDict[int, _Tracked] = field(default_factory=OrderedDict)
     _waiting: dict[int, _Waiting] = field(default_factory=dict)
     _generation: int | None = None
+    _approvals_unreadable: bool = False
 
     def __post_init__(self) -> None:
         if self.started is None:
@@ -337,7 +338,16 @@ class InboundPipeline:
     def approvals(self) -> list[Action]:
         """Confirmations for `approved/<sender>` files the access skill wrote (then deleted)."""
         out: list[Action] = []
-        for sender in access_mod.pending_approvals(self.store.state_dir):
+        try:
+            senders = access_mod.pending_approvals(self.store.state_dir)
+        except OSError as exc:  # never let an unreadable approved/ stop delivery
+            if not self._approvals_unreadable:
+                where = self.store.state_dir / access_mod.APPROVED_DIR
+                log.warning("cannot list %s (%s); pairing confirmations wait until it can be read", where, exc)
+            self._approvals_unreadable = True
+            return out
+        self._approvals_unreadable = False
+        for sender in senders:
             try:
                 chat = access_mod.consume_approval(self.store.state_dir, sender)
             except ValueError:
@@ -396,7 +406,7 @@ class InboundPipeline:
                 is_from_me=msg.is_from_me,
                 is_self_chat=self_chat,
             ),
-            self.store.load(),
+            access_mod.Access() if self_chat else self.store.load(),  # self-chat never needs access.json
             allow_sms=self.allow_sms,
         )
         if decision.verdict is Verdict.DELIVER:
@@ -470,7 +480,7 @@ class InboundPipeline:
 
         try:
             self.store.update(step)
-        except (access_mod.AccessReadOnlyError, OSError) as exc:
+        except (access_mod.AccessReadOnlyError, access_mod.AccessUnavailableError, OSError) as exc:
             log.warning("pairing for %s not recorded: %s", msg.handle, exc)
             return []
         outcome = outcome_box[-1]

@@ -418,13 +418,14 @@ class Channel:
         return f"iMessage;-;{emails[0]}" if emails else None
 
     def may_answer(self, chat_guid: str) -> bool:
-        """True for self-chat, a DM whose participant is allowlisted, or a configured group."""
+        """True for self-chat, a DM whose participant is allowlisted, or a configured group. Self-chat is
+        decided from chat.db alone (it never depends on access.json). Raises `ChatDBError`."""
         chat = self.db.chat(chat_guid)
+        if chat is not None and self.pipeline.is_self_chat(chat_guid):
+            return True
         access = self.store.load()
         if chat is None:
             return find_group(access.groups, chat_guid) is not None
-        if self.pipeline.is_self_chat(chat_guid):
-            return True
         if chat.is_dm:
             return any(is_allowed(access.allow_from, p) for p in self.db.participants(chat_guid))
         if chat.is_group:

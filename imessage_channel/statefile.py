@@ -29,6 +29,7 @@ import fcntl
 import itertools
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -103,25 +104,32 @@ def describe_error(error: OSError) -> str:
 
 
 def unreadable_help(path: Path, error: OSError) -> str:
-    """How to fix `path` that could not be read because of `error` (a sentence with the command).
+    """How to fix `path` (a state file, or the state folder) that `error` made unusable: a sentence with the
+    command to run.
 
-    A directory: move it out of the way. Permission denied: `sudo chown` when another user (typically
-    root, after `sudo imessage-channel …`) owns it, else `chmod 600`. Anything else (EIO): the disk
-    failed to read it; move it away and let the channel write a new one."""
+    A directory where a file belongs (`IsADirectoryError`): move it out of the way. Permission denied:
+    `sudo chown` when another user (typically root, after `sudo imessage-channel …`) owns it, else `chmod`.
+    Anything else (EIO): the disk failed to read it; move it away so a new one is written."""
     quoted = f"'{path}'"
-    if isinstance(error, IsADirectoryError) or path.is_dir():
-        return f"a directory is in the way: move it aside (mv {quoted} {quoted[:-1]}.dir'), then try again"
+    if isinstance(error, IsADirectoryError):
+        return f"a directory is in the way: move it aside (mv {quoted} '{path}.dir'), then try again"
     if isinstance(error, PermissionError) or error.errno in (errno.EACCES, errno.EPERM):
         try:
-            owner = path.stat().st_uid
+            st = path.stat()
+            owner, folder = st.st_uid, stat.S_ISDIR(st.st_mode)
         except OSError:
-            owner = os.getuid()
+            owner, folder = os.getuid(), False
+        mode = "700" if folder else "600"
         if owner != os.getuid():
-            return f'it belongs to another user (uid {owner}): sudo chown "$USER" {quoted} && chmod 600 {quoted}'
-        return f"chmod 600 {quoted}"
+            recursive = "-R " if folder else ""
+            return (
+                f"it belongs to another user (uid {owner}), likely from running a command with sudo: "
+                f'sudo chown {recursive}"$USER" {quoted} && chmod {mode} {quoted}'
+            )
+        return f"chmod {mode} {quoted}"
     return (
         f"the disk could not read it ({describe_error(error)}): copy what you can, then move it away "
-        f"(mv {quoted} {quoted[:-1]}.bad') so a new one is written; check the disk with Disk Utility"
+        f"(mv {quoted} '{path}.bad') so a new one is written; check the disk with Disk Utility"
     )
 
 

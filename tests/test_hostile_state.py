@@ -2,6 +2,9 @@
 
 Items proven here (issue "Nothing a sender, a clock or a crash does can blind the channel"):
 
+- 3. An unreadable access.json (another owner's 0600 file after `sudo imessage-channel access …`, a directory,
+  EIO) never stops self-chat or replies to it; everyone else gets the defaults with one log line; the file is
+  left where it is (never moved aside, never overwritten); the CLI refuses to edit it and `doctor` names the fix.
 - 4. Malformed state files never stop a start: `delivered.log` with invalid UTF-8, `outbox.json` entries of the
   wrong types, a `delivery.json` of the wrong shape; each bad file is moved aside under a unique name
   (`<name>.corrupt-<UTC stamp>[-N]`, never replacing an older one), logged once, and what was good in it is kept.
@@ -12,7 +15,9 @@ with a sentinel row. Pure units (the `statefile` helpers) are tested directly, w
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import stat
 from datetime import UTC, datetime
@@ -20,8 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from imessage_channel import statefile
+from imessage_channel import doctor, statefile
+from imessage_channel.access import Access, AccessStore, AccessUnavailableError, allow
+from imessage_channel.cli import main
 from imessage_channel.clock import ManualClock
+from imessage_channel.doctor import Status
 from tests.test_durability import FRIEND, Rig
 
 T0 = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
@@ -198,3 +206,114 @@ def test_an_unreadable_outbox_is_left_in_place_and_never_overwritten(rig: Rig) -
     assert (blocker / "keep").read_text() == "whatever was here" and not asides(state(rig), "outbox.json")
     assert "left where it is" in server.stderr()
     assert os.path.isdir(blocker)
+
+
+# --- item 3: an unreadable access.json --------------------------------------------------------------------
+
+UNREADABLE = {
+    "a-directory": IsADirectoryError(errno.EISDIR, "Is a directory"),
+    "another-owner": PermissionError(errno.EACCES, "Permission denied"),
+    "disk-error": OSError(errno.EIO, "Input/output error"),
+}
+FIXES = {"a-directory": "mv ", "another-owner": 'sudo chown "$USER"', "disk-error": "Disk Utility"}
+
+
+@pytest.fixture
+def unreadable(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A state dir whose access.json (allowing FRIEND) cannot be read, in the way `request.param` names.
+    The tests run as root, who reads any file: the read is made to fail as it would for the user."""
+    kind = request.param
+    path = tmp_path / kind / "access.json"  # the folder names the case (see FIXES)
+    path.parent.mkdir()
+    path.write_text(json.dumps({"allowFrom": [FRIEND]}))
+    if kind == "another-owner":
+        os.chown(path, 4242, 4242)  # as `sudo imessage-channel access …` leaves it: root's, 0600
+        os.chmod(path, 0o600)
+    real = statefile.read
+
+    def failing(p: Path) -> bytes | None:
+        if Path(p) == path:
+            raise statefile.Unreadable(path, UNREADABLE[kind])
+        return real(p)
+
+    monkeypatch.setattr(statefile, "read", failing)
+    return path
+
+
+@pytest.mark.parametrize("unreadable", list(UNREADABLE), indirect=True)
+def test_an_unreadable_access_json_means_defaults_one_log_line_and_no_write(
+    unreadable: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = unreadable.read_bytes()
+    store = AccessStore(unreadable.parent, clock=ManualClock(T0))
+    with caplog.at_level(logging.WARNING, logger="imessage_channel.access"):
+        for _ in range(3):
+            assert store.load() == Access()
+        with pytest.raises(AccessUnavailableError, match="cannot read"):
+            store.update(lambda a: allow(a, "new@example.com"))
+        with pytest.raises(AccessUnavailableError):
+            store.load(strict=True)
+    assert len([r for r in caplog.records if "cannot read" in r.getMessage()]) == 1
+    assert "self-chat still works" in caplog.text
+    assert unreadable.read_bytes() == before and not asides(unreadable.parent, "access.json")
+
+
+@pytest.mark.parametrize("unreadable", list(UNREADABLE), indirect=True)
+def test_doctor_names_the_fix_for_an_unreadable_access_json(unreadable: Path) -> None:
+    check = doctor.check_access(unreadable.parent)
+    assert check.status is Status.FAIL
+    assert "self-chat still works" in check.detail
+    assert FIXES[unreadable.parent.name] in check.fix
+
+
+def test_doctor_flags_state_files_of_another_owner_and_directories_in_their_place(tmp_path: Path) -> None:
+    (tmp_path / "access.json").write_text("{}")
+    os.chown(tmp_path / "access.json", 4242, 4242)
+    (tmp_path / "access.json.lock").write_text("")
+    os.chown(tmp_path / "access.json.lock", 4242, 4242)
+    (tmp_path / "outbox.json").mkdir()
+    os.chmod(tmp_path, 0o700)
+    check = doctor.check_state_dir(tmp_path)
+    assert check.status is Status.FAIL
+    assert "access.json belongs to another user" in check.detail and "outbox.json is a directory" in check.detail
+    assert f"sudo chown \"$USER\" '{tmp_path / 'access.json.lock'}'" in check.fix
+    assert f"mv '{tmp_path / 'outbox.json'}'" in check.fix
+
+
+def test_the_cli_refuses_to_edit_an_access_json_it_cannot_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "state"
+    (folder / "access.json").mkdir(parents=True)
+    monkeypatch.setenv("IMESSAGE_STATE_DIR", str(folder))
+    for args in (["allow", "new@example.com"], []):
+        assert main(["access", *args]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and "cannot read" in err and "directory" in err and f"mv '{folder / 'access.json'}'" in err
+    assert (folder / "access.json").is_dir() and list(folder.glob("access.json.corrupt-*")) == []
+
+
+def test_with_access_json_a_directory_self_chat_and_replies_still_work(rig: Rig) -> None:
+    path = state(rig) / "access.json"
+    path.unlink()
+    path.mkdir()  # as unreadable as root's 0600 file is to the user (these tests run as root)
+    server = rig.start()
+    rig.sim.receive(rig.friend, FRIEND, "friend, while access.json is unreadable")
+    rig.sentinel(server)
+    rig.sim.receive(rig.friend, FRIEND, "friend again")
+    rig.sentinel(server)
+    assert contents(server) == ["sentinel 1", "sentinel 2"]  # self-chat delivered, the friend gets the defaults
+    result = server.call_tool("reply", {"chat_id": rig.me.guid, "text": "answer to self-chat"})
+    assert result.get("isError") is not True
+    assert server.wait_osascript(1)[0]["argv"][1].startswith("answer to self-chat")
+    refused = server.call_tool("reply", {"chat_id": rig.friend.guid, "text": "to the friend"})
+    assert refused["isError"] is True
+    log = server.stderr()
+    assert log.count("cannot read") == 1 and "self-chat still works" in log and f"mv '{path}'" in log
+    assert path.is_dir() and not asides(state(rig), "access.json")
+    # Fixed: the friend's texts are delivered again, with one line saying so.
+    path.rmdir()
+    path.write_text(json.dumps({"allowFrom": [FRIEND]}))
+    rig.sim.receive(rig.friend, FRIEND, "friend, after the fix")
+    server.wait_event(lambda e: e["content"] == "friend, after the fix")
+    assert "can be read again" in server.stderr()
