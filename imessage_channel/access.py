@@ -32,7 +32,10 @@ Differences from the official server, all deliberate:
 - writes are atomic *and* fsynced, file 0600, directory 0700, and read-modify-write holds an advisory
   lock (`locked`) shared with our CLI;
 - a corrupt file is moved aside under a UTC-timestamped name that never overwrites an earlier one, and
-  "corrupt" also covers a file of the wrong shape (the official server only catches invalid JSON);
+  "corrupt" also covers a file of the wrong shape (the official server only catches invalid JSON); a file
+  that does not parse is judged only once it has been unchanged for `QUIET_S` (it may be mid-write), and
+  the last good configuration stays in force meanwhile;
+- an unreadable file (permissions, a directory, EIO) is never moved aside nor overwritten;
 - handles are compared through `imessage_channel.handles.normalize_handle` and stored normalised.
 """
 
@@ -482,7 +485,23 @@ and every move-aside in the state dir."""
 
 class AccessUnavailableError(RuntimeError):
     """access.json cannot be used right now: it exists but cannot be read (permissions, a directory in its
-    place, EIO). `str(err)` names the file, the reason and the fix (`statefile.unreadable_help`)."""
+    place, EIO; `str(err)` names the file, the reason and the fix, `statefile.unreadable_help`), or it changed
+    moments ago and does not parse yet (another program may be writing it; try again in a few seconds)."""
+
+
+QUIET_S = 2.0
+"""How long an access.json that does not parse must stay unchanged before it is judged corrupt and moved
+aside. An editor that writes the file in place (truncate, then write) is read mid-write now and then; its
+write is over within milliseconds, so 2 s of quiet means nobody is writing it any more."""
+
+
+@dataclass(slots=True)
+class _Unsettled:
+    """An access.json version (`key`) that failed to parse, first seen at `since` (monotonic seconds)."""
+
+    key: StatKey
+    since: float
+    logged: bool = False
 
 
 class AccessStore:
@@ -497,9 +516,13 @@ class AccessStore:
     needs runtime writes) and pending codes are dropped. `save`/`update` then raise
     `AccessReadOnlyError`.
 
-    A file that is not JSON or not of the schema's shape is moved aside to
-    `access.json.corrupt-<UTC timestamp>` (never over an existing file, `statefile.move_aside`), a warning
-    is logged on logger "imessage_channel.access", and the defaults are used.
+    A file that is not JSON or not of the schema's shape may be one read mid-write (an editor writing it in
+    place). Until it has stayed unchanged for `QUIET_S` (by its mtime, or by how long this version has been
+    seen; both from the injected clock) the last good configuration stays in force (the defaults if there
+    was none), one warning is logged, and `update()` raises `AccessUnavailableError` rather than replace a
+    file someone is writing. A file still invalid once quiet is re-read, then moved aside to
+    `access.json.corrupt-<UTC timestamp>` (never over an existing file, `statefile.move_aside`) with a
+    warning on logger "imessage_channel.access", and the defaults are used.
 
     An unreadable file (another owner's 0600 file after `sudo imessage-channel access …`, a directory, EIO)
     is left where it is: `load()` returns the defaults (self-chat needs no access.json; everyone else is
@@ -516,6 +539,8 @@ class AccessStore:
         self._cached: tuple[StatKey | None, Access] | None = None
         self._boot: Access | None = None
         self._unreadable: tuple[int | None, str] | None = None
+        self._unsettled: _Unsettled | None = None
+        self._stuck: StatKey | None = None
         if static:
             self._try_boot()
 
@@ -596,12 +621,45 @@ class AccessStore:
                 try:
                     access = Access.from_json(json.loads(data))
                 except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, AccessShapeError
+                    assert key is not None
+                    if key == self._stuck:  # corrupt, settled, and it could not be moved aside: said so once
+                        return Access(), None
+                    if not self._settled(key):
+                        return (cached[1] if cached is not None else Access()), self._note_unsettled(exc)
                     self._move_corrupt_aside(key, exc, holding_lock=holding_lock)
-                    continue
+                    continue  # now missing, or whatever a writer put there meanwhile
                 _log_bad_patterns(access.mention_patterns or ())
+            self._unsettled = None
             self._cached = (key, access)
             return access, None
         return Access(), None
+
+    def _settled(self, key: StatKey) -> bool:
+        """Has the file that failed to parse stayed unchanged for `QUIET_S`? Judged by its mtime against
+        the clock's wall time, or, when the mtime is no help (a clock set back, a file copied with its
+        times), by how long this very `StatKey` has been seen (monotonic clock)."""
+        now = self.clock.monotonic()
+        if self._unsettled is None or self._unsettled.key != key:
+            logged = self._unsettled.logged if self._unsettled is not None else False
+            self._unsettled = _Unsettled(key, now, logged)
+        age = self.clock.wall() - key[0] / 1e9
+        return age >= QUIET_S or now - self._unsettled.since >= QUIET_S
+
+    def _note_unsettled(self, exc: Exception) -> AccessUnavailableError:
+        """Log once per episode that access.json does not parse yet; the error `update` raises for it."""
+        assert self._unsettled is not None
+        if not self._unsettled.logged:
+            self._unsettled.logged = True
+            log.warning(
+                "access.json does not parse (%s); another program may be writing it: keeping the last good "
+                "settings until it has been unchanged for %g s (then it is moved aside if still invalid)",
+                exc,
+                QUIET_S,
+            )
+        return AccessUnavailableError(
+            f"{self.path} was changed moments ago and does not parse yet ({exc}); another program may be writing "
+            f"it. Try again in a few seconds (a file still invalid after {QUIET_S:g} s is moved aside)"
+        )
 
     def _note_unreadable(self, exc: OSError) -> AccessUnavailableError:
         """Log once per kind of failure that access.json cannot be read; the error to raise for it."""
@@ -624,16 +682,28 @@ class AccessStore:
             self._unreadable = None
             log.warning("%s can be read again; its settings apply", self.path)
 
-    def _move_corrupt_aside(self, key: StatKey | None, exc: Exception, *, holding_lock: bool) -> None:
-        """Move the corrupt file aside, under the lock and only if it is still the file we parsed
-        (a writer may have replaced it meanwhile)."""
+    def _move_corrupt_aside(self, key: StatKey, exc: Exception, *, holding_lock: bool) -> None:
+        """Move the corrupt (and settled) file aside, under the lock and only if it is still the file we
+        parsed (a writer may have replaced it meanwhile). When it cannot be moved, say so once and use the
+        defaults for as long as it stays this file."""
+        self._unsettled = None
         try:
             aside = statefile.move_aside_if_unchanged(self.path, key, self.clock.now(), holding_lock=holding_lock)
         except OSError as move_error:
-            log.warning("access.json is corrupt (%s) and cannot be moved aside (%s)", exc, move_error)
+            self._stuck = key
+            log.warning(
+                "access.json is corrupt (%s) and cannot be moved aside (%s); using the defaults until it is fixed",
+                exc,
+                statefile.describe_error(move_error),
+            )
             return
         if aside is not None:
-            log.warning("access.json is corrupt (%s); moved aside to %s, using defaults", exc, aside.name)
+            log.warning(
+                "access.json is corrupt (%s) and stayed so for %g s; moved aside to %s, using the defaults",
+                exc,
+                QUIET_S,
+                aside.name,
+            )
 
 
 def _log_bad_patterns(patterns: tuple[str, ...]) -> None:

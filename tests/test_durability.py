@@ -357,6 +357,8 @@ def test_corrupt_delivery_file_catches_up_on_the_last_day(rig: Rig) -> None:
 
 def test_corrupt_access_json_is_moved_aside_and_defaults_apply(rig: Rig) -> None:
     (rig.home / "state" / "access.json").write_text('{"allowFrom": [')
+    stale = time.time() - 60  # broken for a minute: nobody is writing it (a fresh one may be mid-write)
+    os.utime(rig.home / "state" / "access.json", (stale, stale))
     server = rig.start()
     rig.sim.receive(rig.friend, FRIEND, "friend no longer allowed (defaults)")
     rig.sentinel(server)

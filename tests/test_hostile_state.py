@@ -5,6 +5,9 @@ Items proven here (issue "Nothing a sender, a clock or a crash does can blind th
 - 3. An unreadable access.json (another owner's 0600 file after `sudo imessage-channel access …`, a directory,
   EIO) never stops self-chat or replies to it; everyone else gets the defaults with one log line; the file is
   left where it is (never moved aside, never overwritten); the CLI refuses to edit it and `doctor` names the fix.
+- 5. An editor writing access.json in place is read mid-write now and then: the last good configuration stays in
+  force, a file that does not parse is judged only once it has been unchanged for 2 s (by its mtime or by how long
+  it has been seen, on the injected clock), and only one that stays invalid is moved aside.
 - 4. Malformed state files never stop a start: `delivered.log` with invalid UTF-8, `outbox.json` entries of the
   wrong types, a `delivery.json` of the wrong shape; each bad file is moved aside under a unique name
   (`<name>.corrupt-<UTC stamp>[-N]`, never replacing an older one), logged once, and what was good in it is kept.
@@ -317,3 +320,100 @@ def test_with_access_json_a_directory_self_chat_and_replies_still_work(rig: Rig)
     rig.sim.receive(rig.friend, FRIEND, "friend, after the fix")
     server.wait_event(lambda e: e["content"] == "friend, after the fix")
     assert "can be read again" in server.stderr()
+
+
+# --- item 5: in-place edits of access.json ------------------------------------------------------------------
+
+ALICE, BOB = "+15551234567", "bob@example.com"
+
+
+def write_in_place(path: Path, text: str) -> object:
+    """Start an in-place write as editors do (truncate, then write): returns the open file, `text` written."""
+    fh = path.open("r+", encoding="utf-8")
+    fh.truncate(0)
+    fh.write(text)
+    fh.flush()
+    return fh
+
+
+def test_an_access_json_read_mid_write_keeps_the_last_good_settings_then_takes_the_new_ones(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = ManualClock()
+    store = AccessStore(tmp_path, clock=clock)
+    store.path.write_text(json.dumps({"allowFrom": [ALICE]}))
+    assert store.load().allow_from == (ALICE,)
+    with caplog.at_level(logging.WARNING, logger="imessage_channel.access"):
+        fh = write_in_place(store.path, '{"allowFrom": ["+15551234567", "bob@exa')
+        assert store.load().allow_from == (ALICE,)
+        clock.advance(1.5)
+        assert store.load().allow_from == (ALICE,)
+        with pytest.raises(AccessUnavailableError, match="another program may be writing it"):
+            store.update(lambda a: allow(a, "carol@example.com"))  # never replace a file being written
+        fh.write('mple.com"]}\n')  # type: ignore[attr-defined]
+        fh.close()  # type: ignore[attr-defined]
+        assert store.load().allow_from == (ALICE, BOB)
+    assert not asides(tmp_path, "access.json")
+    assert json.loads(store.path.read_text())["allowFrom"] == [ALICE, BOB]  # the whole write landed in place
+    assert len([r for r in caplog.records if "may be writing" in r.getMessage()]) == 1
+
+
+@pytest.mark.parametrize(
+    ("mtime", "seen_for", "moved"),
+    [
+        (0.0, 0.0, False),
+        (-1.9, 0.0, False),
+        (-2.1, 0.0, True),
+        (0.0, 1.9, False),
+        (0.0, 2.0, True),
+        (3600.0, 1.9, False),
+        (3600.0, 2.0, True),
+    ],
+    ids=[
+        "written-just-now-waits",
+        "unchanged-1.9s-by-mtime-waits",
+        "unchanged-2.1s-by-mtime-is-moved",
+        "seen-unchanged-1.9s-waits",
+        "seen-unchanged-2s-is-moved",
+        "mtime-in-the-future-seen-1.9s-waits",
+        "mtime-in-the-future-seen-2s-is-moved",
+    ],
+)
+def test_an_access_json_that_does_not_parse_is_moved_aside_only_once_quiet(
+    tmp_path: Path, mtime: float, seen_for: float, moved: bool
+) -> None:
+    clock = ManualClock()
+    store = AccessStore(tmp_path, clock=clock)
+    store.path.write_text(json.dumps({"allowFrom": [ALICE]}))
+    assert store.load().allow_from == (ALICE,)
+    store.path.write_text('{"allowFrom": [')
+    os.utime(store.path, (clock.wall() + mtime, clock.wall() + mtime))
+    first = store.load()
+    clock.advance(seen_for)
+    second = store.load()
+    assert bool(asides(tmp_path, "access.json")) is moved
+    if moved:
+        assert second == Access() and not store.path.exists()  # judged corrupt: the defaults
+        assert asides(tmp_path, "access.json")[0].read_text() == '{"allowFrom": ['
+    else:
+        assert first.allow_from == second.allow_from == (ALICE,)  # the last good settings stay in force
+        assert store.path.read_text() == '{"allowFrom": ['
+
+
+def test_the_server_keeps_the_last_good_access_while_an_editor_writes_it_in_place(rig: Rig) -> None:
+    other = "other@example.com"
+    other_dm = rig.sim.dm(other)
+    server = rig.start()
+    rig.sim.receive(rig.friend, FRIEND, "before the edit")
+    server.wait_event(lambda e: e["content"] == "before the edit")
+    path = state(rig) / "access.json"
+    fh = write_in_place(path, f'{{"allowFrom": ["{FRIEND}", "other@exa')
+    rig.sim.receive(rig.friend, FRIEND, "while the editor writes")
+    server.wait_event(lambda e: e["content"] == "while the editor writes")  # the last good settings
+    fh.write('mple.com"]}\n')  # type: ignore[attr-defined]
+    fh.close()  # type: ignore[attr-defined]
+    rig.sim.receive(other_dm, other, "the new friend")
+    server.wait_event(lambda e: e["content"] == "the new friend")  # the complete file applies
+    assert json.loads(path.read_text()) == {"allowFrom": [FRIEND, other]}
+    assert not asides(state(rig), "access.json")
+    assert "may be writing" in server.stderr()
