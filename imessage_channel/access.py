@@ -36,7 +36,10 @@ Differences from the official server, all deliberate:
   that does not parse is judged only once it has been unchanged for `QUIET_S` (it may be mid-write), and
   the last good configuration stays in force meanwhile;
 - an unreadable file (permissions, a directory, EIO) is never moved aside nor overwritten;
-- handles are compared through `imessage_channel.handles.normalize_handle` and stored normalised.
+- handles are compared through `imessage_channel.handles.normalize_handle` and stored normalised; every
+  `allowFrom` entry is validated on load (`handles.parse_handle`, phone numbers read in the owner's region
+  and kept in E.164): one that is not a handle is ignored with a log line, kept in the file, and the rest
+  of the file applies.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from typing import Any
 
 from imessage_channel import statefile
 from imessage_channel.clock import SYSTEM, Clock
-from imessage_channel.handles import normalize_handle
+from imessage_channel.handles import HandleError, Region, normalize_handle, parse_handle
 from imessage_channel.statefile import StatKey, stat_key
 
 log = logging.getLogger("imessage_channel.access")
@@ -123,13 +126,16 @@ class GroupPolicy:
     """`groups[<chat GUID>]`: a group chat the owner opted in.
 
     `require_mention` (`requireMention`, default true): deliver only texts matching a `mentionPatterns`
-    regex. `allow_from` (`allowFrom`, default empty = any member): senders allowed to trigger.
-    `extra` keeps keys this version does not know, so a write does not lose them.
+    regex. `allow_from` (`allowFrom`, default empty = any member): senders allowed to trigger, as
+    `handles.parse_handle` canonicalises them. `invalid`: entries of the file's `allowFrom` that are not
+    handles (ignored, but written back so a write never loses them). `extra` keeps keys this version does
+    not know, so a write does not lose them.
     """
 
     require_mention: bool = True
     allow_from: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
+    invalid: tuple[object, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +160,9 @@ class Access:
 
     Optional keys the file may omit (`mentionPatterns`, `textChunkLimit`, `chunkMode`,
     `appendSignature`, `signature`) are `None` when absent and are then not written back. `extra` holds unknown
-    top-level keys.
+    top-level keys. `allow_from` holds the handles of `allowFrom` in canonical form (`handles.parse_handle`);
+    `invalid` the entries that are not handles (never matched, written back as they were); `problems` one
+    sentence per such entry, top level or in a group (for the log).
     """
 
     dm_policy: DmPolicy = DmPolicy.ALLOWLIST
@@ -167,6 +175,8 @@ class Access:
     append_signature: bool | None = None
     signature: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    invalid: tuple[object, ...] = ()
+    problems: tuple[str, ...] = ()
 
     @property
     def effective_text_chunk_limit(self) -> int:
@@ -180,13 +190,19 @@ class Access:
         return self.chunk_mode or ChunkMode.LENGTH
 
     @classmethod
-    def from_json(cls, data: object) -> Access:
+    def from_json(cls, data: object, region: Region = None) -> Access:
         """Build an `Access` from parsed access.json; missing keys (or JSON `null`) take defaults.
+
+        Each `allowFrom` entry (top level and per group) is validated with `handles.parse_handle` in
+        `region` (national numbers need it): a valid one is kept in canonical form (E.164, lowercased
+        email), one that is not a handle (`junk`, `a@b`, a national number with no region, a non-string)
+        is ignored and named in `problems`; the rest of the file still applies.
 
         Raises `AccessShapeError` when a known key has the wrong type or an out-of-schema value
         (e.g. `dmPolicy: "open"`, `allowFrom: "x"`), or when `data` is not an object.
         """
         obj = _obj(data, "access.json")
+        problems: list[str] = []
         policy = obj.get("dmPolicy")
         if policy is not None and policy not in DmPolicy._value2member_map_:
             raise AccessShapeError(f"dmPolicy: expected one of allowlist|pairing|disabled, got {policy!r}")
@@ -203,11 +219,12 @@ class Access:
         signature_text = obj.get("signature")
         if signature_text is not None and not isinstance(signature_text, str):
             raise AccessShapeError(f"signature: expected a string, got {signature_text!r}")
+        allow_from, invalid = _handles(obj.get("allowFrom"), "allowFrom", region, problems)
         return cls(
             dm_policy=DmPolicy(policy) if policy is not None else DmPolicy.ALLOWLIST,
-            allow_from=_strings(obj.get("allowFrom"), "allowFrom"),
+            allow_from=allow_from,
             groups={
-                guid: _group_from_json(g, f"groups[{guid!r}]")
+                guid: _group_from_json(g, f"groups[{guid!r}]", region, problems)
                 for guid, g in _obj(obj.get("groups", {}) or {}, "groups").items()
             },
             pending={
@@ -220,6 +237,8 @@ class Access:
             append_signature=signature,
             signature=signature_text,
             extra={k: v for k, v in obj.items() if k not in _KNOWN_KEYS},
+            invalid=invalid,
+            problems=tuple(problems),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -227,9 +246,9 @@ class Access:
         unknown keys (top level, per group, per pending entry) kept."""
         out: dict[str, Any] = {
             "dmPolicy": self.dm_policy.value,
-            "allowFrom": list(self.allow_from),
+            "allowFrom": [*self.allow_from, *self.invalid],
             "groups": {
-                guid: {"requireMention": g.require_mention, "allowFrom": list(g.allow_from), **g.extra}
+                guid: {"requireMention": g.require_mention, "allowFrom": [*g.allow_from, *g.invalid], **g.extra}
                 for guid, g in self.groups.items()
             },
             "pending": {
@@ -293,15 +312,44 @@ def _number(value: object, where: str) -> int:
     return int(value)
 
 
-def _group_from_json(value: object, where: str) -> GroupPolicy:
+def _handles(
+    value: object, where: str, region: Region, problems: list[str]
+) -> tuple[tuple[str, ...], tuple[object, ...]]:
+    """(valid handles in canonical form, deduplicated; entries that are not handles) of an `allowFrom`
+    list; one sentence per invalid entry is appended to `problems`. Raises `AccessShapeError` when
+    `value` is not a list (None is an empty one)."""
+    if value is None:
+        return (), ()
+    if not isinstance(value, list):
+        raise AccessShapeError(f"{where}: expected a list of handles, got {value!r}")
+    valid: dict[str, None] = {}
+    invalid: list[object] = []
+    for item in value:
+        try:
+            if not isinstance(item, str):
+                raise HandleError(f"{item!r} is not a handle: not a string")
+            valid[parse_handle(item, region)] = None
+        except HandleError as exc:
+            invalid.append(item)
+            problems.append(f"{where}: {exc.brief}")
+    return tuple(valid), tuple(invalid)
+
+
+def _group_from_json(
+    value: object, where: str, region: Region = None, problems: list[str] | None = None
+) -> GroupPolicy:
     obj = _obj(value, where)
     require = obj.get("requireMention")
     if require is not None and not isinstance(require, bool):
         raise AccessShapeError(f"{where}.requireMention: expected a boolean, got {require!r}")
+    allow_from, invalid = _handles(
+        obj.get("allowFrom"), f"{where}.allowFrom", region, [] if problems is None else problems
+    )
     return GroupPolicy(
         require_mention=True if require is None else require,
-        allow_from=_strings(obj.get("allowFrom"), f"{where}.allowFrom"),
+        allow_from=allow_from,
         extra={k: v for k, v in obj.items() if k not in ("requireMention", "allowFrom")},
+        invalid=invalid,
     )
 
 
@@ -531,9 +579,10 @@ class AccessStore:
     do not compile are logged once per new file version; the gate skips them.
     """
 
-    def __init__(self, state: Path, *, static: bool = False, clock: Clock = SYSTEM) -> None:
+    def __init__(self, state: Path, *, static: bool = False, clock: Clock = SYSTEM, region: Region = None) -> None:
         self.state_dir = state
         self.clock = clock
+        self.region = region
         self.path = state / ACCESS_FILE
         self.static = static
         self._cached: tuple[StatKey | None, Access] | None = None
@@ -556,9 +605,9 @@ class AccessStore:
         self._boot = replace(boot, pending={})
 
     @classmethod
-    def from_env(cls) -> AccessStore:
-        """The store for `state_dir()`, static when `static_mode()`."""
-        return cls(state_dir(), static=static_mode())
+    def from_env(cls, region: Region = None) -> AccessStore:
+        """The store for `state_dir()`, static when `static_mode()`; `region` reads national numbers."""
+        return cls(state_dir(), static=static_mode(), region=region)
 
     def load(self, *, strict: bool = False) -> Access:
         """The current access (defaults when the file is missing or unreadable); never raises unless
@@ -619,7 +668,7 @@ class AccessStore:
                 access = Access()
             else:
                 try:
-                    access = Access.from_json(json.loads(data))
+                    access = Access.from_json(json.loads(data), self.region)
                 except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, AccessShapeError
                     assert key is not None
                     if key == self._stuck:  # corrupt, settled, and it could not be moved aside: said so once
@@ -629,6 +678,8 @@ class AccessStore:
                     self._move_corrupt_aside(key, exc, holding_lock=holding_lock)
                     continue  # now missing, or whatever a writer put there meanwhile
                 _log_bad_patterns(access.mention_patterns or ())
+                for problem in access.problems:
+                    log.warning("access.json %s (ignored; the rest of the file applies)", problem)
             self._unsettled = None
             self._cached = (key, access)
             return access, None

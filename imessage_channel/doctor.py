@@ -50,6 +50,7 @@ from . import statefile
 from .access import ACCESS_FILE, APPROVED_DIR, Access, DmPolicy, state_dir, static_mode
 from .chatdb import FULL_DISK_ACCESS_HELP, ChatDB, ChatDBError, default_db_path, is_self_chat
 from .delivery import LOG_FILE, STATE_FILE
+from .handles import pick_region
 from .outbox import OUTBOX_FILE
 from .sender import AUTOMATION_HELP, ERR_NOT_AUTHORIZED, OsascriptBackend, Sender, SendError, default_backend
 
@@ -301,15 +302,16 @@ def check_state_dir(state: Path) -> Check:
     return _pass(STATE, f"{state} (private)")
 
 
-def check_access(state: Path, allow_sms: bool | None = None) -> Check:
-    """Summarise access.json and flag what silently blocks delivery. Reads the file without moving a
-    corrupt one aside (the server would)."""
+def check_access(state: Path, allow_sms: bool | None = None, region: str | None = None) -> Check:
+    """Summarise access.json and flag what silently blocks delivery, including `allowFrom` entries that are
+    not handles (the server ignores them; phone numbers without a country code are read in `region`, as the
+    server reads them). Reads the file without moving a corrupt one aside (the server would)."""
     path = state / ACCESS_FILE
     sms = allow_sms if allow_sms is not None else os.environ.get("IMESSAGE_ALLOW_SMS", "").strip().lower() == "true"
     if not path.exists():
         return _pass(ACCESS, "no access.json yet: allowlist policy, nobody allowed (self-chat always works)")
     try:
-        access = Access.from_json(json.loads(statefile.read(path) or b"{}"))
+        access = Access.from_json(json.loads(statefile.read(path) or b"{}"), region)
     except statefile.Unreadable as exc:
         return _fail(
             ACCESS,
@@ -331,6 +333,10 @@ def check_access(state: Path, allow_sms: bool | None = None) -> Check:
     )
     problems: list[str] = []
     fixes: list[str] = []
+    for problem in access.problems:
+        problems.append(f"{problem} (ignored)")
+    if access.problems:
+        fixes.append("fix those entries in access.json, or `imessage-channel access remove '<entry>'`")
     for pattern in access.mention_patterns or ():
         try:
             re.compile(pattern)
@@ -483,12 +489,15 @@ def run_checks(db_path: Path, state: Path, *, send_test: bool = False, sender: S
     first, db = check_chatdb(db_path)
     checks.append(first)
     self_chat: str | None = None
+    region = pick_region()  # the locale, unless chat.db says better
     if db is None:
         checks += [_skip(name, "needs a readable chat.db") for name in (SCHEMA, OWNER, SELF_CHAT)]
     else:
         with db:
             checks.append(check_schema(db))
             owner_check, owner = check_owner(db)
+            with contextlib.suppress(ChatDBError):
+                region = pick_region(owner, db.handle_countries())
             checks.append(owner_check)
             self_check, self_chat = check_self_chat(db, owner)
             checks.append(self_check)
@@ -501,7 +510,7 @@ def run_checks(db_path: Path, state: Path, *, send_test: bool = False, sender: S
     else:
         checks.append(_skip(AUTOMATION, "not checked; add --send-test to text yourself a test message"))
     checks.append(check_state_dir(state))
-    checks.append(check_access(state))
+    checks.append(check_access(state, region=region.code))
     if db is None:
         checks.append(_skip(CHANNEL, "needs a readable chat.db"))
     else:

@@ -48,6 +48,7 @@ from .clock import SYSTEM, Clock
 from .delivery import DeliveryLedger
 from .echo import EchoFilter
 from .gate import find_group
+from .handles import pick_region
 from .inbound import (
     BATCH,
     CATCHUP_MAX,
@@ -272,8 +273,9 @@ class Channel:
         self.clock = clock
         self.db = db
         self.sender = sender
-        self.store = AccessStore(config.state_dir, static=config.static, clock=clock)
         self.owner = db.owner_handles()
+        self.region = pick_region(self.owner, db.handle_countries())
+        self.store = AccessStore(config.state_dir, static=config.static, clock=clock, region=self.region.code)
         self.echo = EchoFilter(clock=clock.monotonic)
         self.ledger = DeliveryLedger(config.state_dir, db.path, clock)
         self.outbox = Outbox(config.state_dir, clock=clock.wall, stamp=clock)
@@ -703,6 +705,11 @@ def main() -> int:
     log.info(
         "owner handles: %s",
         ", ".join(sorted(channel.owner)) or "none found (self-chat will not be recognised)",
+    )
+    region = channel.region
+    log.info(
+        "phone numbers without a country code in access.json are read as %s",
+        f"{region.code} numbers (from {region.source})" if region.code else "invalid (no region known)",
     )
     try:
         anyio.run(channel.serve_stdio, parent)

@@ -274,14 +274,12 @@ def test_only_the_exact_word_static_selects_static_mode(tmp_path: Path, monkeypa
         '["a list"]',
         '{"dmPolicy": "open"}',
         '{"allowFrom": "+15551234567"}',
-        '{"allowFrom": [1]}',
         '{"groups": {"g": {"requireMention": "yes"}}}',
         '{"pending": {"abcdef": {"senderId": "x"}}}',
         '{"textChunkLimit": "5000"}',
         '{"chunkMode": "words"}',
     ],
-    ids=["invalid", "empty", "list", "policy", "allowFrom-str", "allowFrom-int", "group", "pending",
-         "limit", "chunkMode"],
+    ids=["invalid", "empty", "list", "policy", "allowFrom-str", "group", "pending", "limit", "chunkMode"],
 )  # fmt: skip
 def test_corrupt_file_is_moved_aside_and_defaults_are_used(
     tmp_path: Path, content: str, caplog: pytest.LogCaptureFixture

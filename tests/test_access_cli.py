@@ -33,6 +33,12 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "state"
     monkeypatch.setenv("IMESSAGE_STATE_DIR", str(folder))
     monkeypatch.delenv("IMESSAGE_ACCESS_MODE", raising=False)
+    # Phone numbers typed without a country code are read in the owner's region: no chat.db here, so the
+    # locale decides, and it says US (a US user's terminal).
+    monkeypatch.setenv("IMESSAGE_DB_PATH", str(tmp_path / "no-messages" / "chat.db"))
+    for name in ("LC_ALL", "LC_TELEPHONE", "LC_CTYPE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LANG", "en_US.UTF-8")
     return folder
 
 

@@ -8,6 +8,10 @@ Items proven here (issue "Nothing a sender, a clock or a crash does can blind th
 - 5. An editor writing access.json in place is read mid-write now and then: the last good configuration stays in
   force, a file that does not parse is judged only once it has been unchanged for 2 s (by its mtime or by how long
   it has been seen, on the injected clock), and only one that stays invalid is moved aside.
+- 7. Phone numbers are read with libphonenumber in the owner's region (their own number in chat.db, else
+  `handle.country`, else the locale) and kept in E.164; a national number with no region known is refused with a
+  request for the country code; `allow`, `group add --allow`, `pair` and access.json loading share one validation
+  (`handles.parse_handle`), and entries of access.json that fail it are ignored one log line each.
 - 4. Malformed state files never stop a start: `delivered.log` with invalid UTF-8, `outbox.json` entries of the
   wrong types, a `delivery.json` of the wrong shape; each bad file is moved aside under a unique name
   (`<name>.corrupt-<UTC stamp>[-N]`, never replacing an older one), logged once, and what was good in it is kept.
@@ -33,6 +37,7 @@ from imessage_channel.access import Access, AccessStore, AccessUnavailableError,
 from imessage_channel.cli import main
 from imessage_channel.clock import ManualClock
 from imessage_channel.doctor import Status
+from imessage_channel.handles import CountryCodeNeeded, HandleError, normalize_handle, parse_handle, pick_region
 from tests.test_durability import FRIEND, Rig
 
 T0 = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
@@ -417,3 +422,278 @@ def test_the_server_keeps_the_last_good_access_while_an_editor_writes_it_in_plac
     assert json.loads(path.read_text()) == {"allowFrom": [FRIEND, other]}
     assert not asides(state(rig), "access.json")
     assert "may be writing" in server.stderr()
+
+
+# --- item 7: phone numbers and one validation of handles ------------------------------------------------------
+
+PARSED = [
+    ("(479) 123-4567", "US", "+14791234567"),
+    ("(555) 555-0123", "US", "+15555550123"),
+    ("479.123.4567", "US", "+14791234567"),
+    ("1 555 123 4567", "US", "+15551234567"),
+    ("+47 912 34 567", None, "+4791234567"),
+    ("+1 (479) 123-4567", "NO", "+14791234567"),
+    ("020 7946 0958", "GB", "+442079460958"),
+    ("p:+15551234567", None, "+15551234567"),
+    ("Friend@iCloud.COM", None, "friend@icloud.com"),
+    ("E:me@icloud.com", None, "me@icloud.com"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "region", "handle"),
+    PARSED,
+    ids=[
+        "us-national-with-parentheses",
+        "us-fiction-555-number",
+        "us-national-with-dots",
+        "us-trunk-prefix-1",
+        "norwegian-with-plus",
+        "plus-wins-over-region",
+        "uk-national",
+        "account-prefix-p",
+        "email-any-case",
+        "account-prefix-e",
+    ],
+)
+def test_parse_handle_gives_e164_and_lowercase_emails(text: str, region: str | None, handle: str) -> None:
+    assert parse_handle(text, region) == handle
+
+
+REFUSED = [
+    ("(479) 123-4567", None, CountryCodeNeeded, "country code"),
+    ("junk", "US", HandleError, "is not a handle"),
+    ("a@b", "US", HandleError, "not a valid email"),
+    ("a@b@c", "US", HandleError, "not a valid email"),
+    ("1234567890123456789012", "US", HandleError, "too long"),
+    ("+1234567890123456789012", None, HandleError, "too long"),
+    ("12345", "US", HandleError, "short code"),
+    ("555-1234", "US", HandleError, "area code"),
+    ("+999 1234567", None, HandleError, "country code"),
+    ("+1", None, HandleError, "is not a handle"),
+    ("", "US", HandleError, "empty"),
+    ("iMessage;-;+15551234567", "US", HandleError, "is not a handle"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "region", "error", "words"),
+    REFUSED,
+    ids=[
+        "national-without-region",
+        "a-word",
+        "email-without-dotted-domain",
+        "two-at-signs",
+        "22-digits",
+        "22-digits-with-plus",
+        "sms-short-code",
+        "no-area-code",
+        "unknown-country-code",
+        "country-code-alone",
+        "empty",
+        "chat-guid",
+    ],
+)
+def test_parse_handle_refuses_what_is_not_a_person(text: str, region: str | None, error: type, words: str) -> None:
+    with pytest.raises(error, match=words):
+        parse_handle(text, region)
+
+
+def test_the_region_is_asked_for_only_when_a_national_number_needs_it() -> None:
+    asked: list[int] = []
+
+    def region() -> str:
+        asked.append(1)
+        return "US"
+
+    assert parse_handle("+15551234567", region) == "+15551234567"
+    assert parse_handle("a@example.com", region) == "a@example.com"
+    assert asked == []
+    assert parse_handle("(479) 123-4567", region) == "+14791234567" and asked == [1]
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [("12345", "12345"), ("AMAZON", "amazon"), ("+15551234567", "p:15551234567"), ("E:Me@iCloud.com", "me@icloud.com")],
+    ids=["sms-short-code", "alphanumeric-sender", "phone-with-prefix", "email-with-prefix"],
+)
+def test_normalize_handle_still_compares_what_chat_db_stores(a: str, b: str) -> None:
+    assert normalize_handle(a) == normalize_handle(b) != ""
+
+
+@pytest.mark.parametrize(
+    ("owner", "countries", "env", "region"),
+    [
+        (["me@icloud.com", "+15555550100"], ["gb"], {"LANG": "de_DE.UTF-8"}, "US"),
+        (["+447700900123"], [], {}, "GB"),
+        (["+4791234567"], [], {}, "NO"),
+        (["me@icloud.com"], ["us", "fr"], {"LANG": "de_DE.UTF-8"}, "US"),
+        (["me@icloud.com"], ["zz"], {"LANG": "de_DE.UTF-8"}, "DE"),
+        ([], [], {"LANG": "en_US.UTF-8", "LC_ALL": "fr_FR.UTF-8"}, "FR"),
+        ([], [], {"LANG": "C.UTF-8"}, None),
+        ([], [], {"LC_CTYPE": "UTF-8", "LANG": "en_CA.UTF-8"}, "CA"),
+    ],
+    ids=[
+        "owner-number-first",
+        "owner-uk-number",
+        "owner-norwegian-number",
+        "handle-country-next",
+        "unknown-country-then-locale",
+        "lc-all-wins-over-lang",
+        "c-locale-names-no-region",
+        "lang-over-a-bare-lc-ctype",
+    ],
+)
+def test_the_owner_region_comes_from_their_number_then_handle_country_then_the_locale(
+    owner: list[str], countries: list[str], env: dict[str, str], region: str | None
+) -> None:
+    assert pick_region(owner, countries, env).code == region
+
+
+def test_access_json_entries_that_are_not_handles_are_ignored_one_log_line_each_and_kept_in_the_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    group = "iMessage;+;chat1"
+    doc = {
+        "allowFrom": ["junk", "+1 555 123 4567", 7, "(479) 123-4567", "a@b"],
+        "groups": {group: {"requireMention": False, "allowFrom": ["x", "Bob@Example.com"]}},
+        "dmPolicy": "allowlist",
+    }
+    (tmp_path / "access.json").write_text(json.dumps(doc))
+    store = AccessStore(tmp_path, region="US")
+    with caplog.at_level(logging.WARNING, logger="imessage_channel.access"):
+        access = store.load()
+        store.load()
+    assert access.allow_from == ("+15551234567", "+14791234567")
+    assert access.groups[group].allow_from == ("bob@example.com",)
+    ignored = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
+    assert len(ignored) == 4 and all("is not a handle" in line for line in ignored)
+    # Without a region the national number is ignored too, and the rest still applies.
+    assert AccessStore(tmp_path).load().allow_from == ("+15551234567",)
+    store.update(lambda a: allow(a, "carol@example.com"))  # a write keeps what it did not understand
+    saved = json.loads((tmp_path / "access.json").read_text())
+    assert saved["allowFrom"] == ["+15551234567", "+14791234567", "carol@example.com", "junk", 7, "a@b"]
+    assert saved["groups"][group]["allowFrom"] == ["bob@example.com", "x"]
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The CLI's environment: a state dir, no chat.db, and a locale to set (`set_locale`)."""
+    folder = tmp_path / "state"
+    monkeypatch.setenv("IMESSAGE_STATE_DIR", str(folder))
+    monkeypatch.delenv("IMESSAGE_ACCESS_MODE", raising=False)
+    monkeypatch.setenv("IMESSAGE_DB_PATH", str(tmp_path / "no-messages" / "chat.db"))
+    for name in ("LC_ALL", "LC_TELEPHONE", "LC_CTYPE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LANG", "C.UTF-8")
+
+    def set_locale(lang: str) -> None:
+        monkeypatch.setenv("LANG", lang)
+
+    return folder, set_locale, monkeypatch
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["access", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def allowed(folder: Path) -> list[object]:
+    return json.loads((folder / "access.json").read_text())["allowFrom"]
+
+
+def test_cli_reads_a_national_number_in_the_locales_region(cli_env, capsys) -> None:
+    folder, set_locale, _ = cli_env
+    set_locale("en_US.UTF-8")
+    assert cli(capsys, "allow", "(479) 123-4567") == (0, "Allowed +14791234567.\n", "")
+    assert allowed(folder) == ["+14791234567"]
+
+
+def test_cli_refuses_a_national_number_when_no_region_is_known(cli_env, capsys) -> None:
+    folder, _, _ = cli_env
+    code, out, err = cli(capsys, "allow", "(479) 123-4567")
+    assert code == 2 and out == "" and "country code" in err and "+1 (479) 123-4567" in err
+    assert not (folder / "access.json").exists()
+
+
+def test_cli_reads_a_national_number_in_the_owners_region_from_chat_db(cli_env, capsys, chatdb_factory) -> None:
+    folder, set_locale, monkeypatch = cli_env
+    set_locale("en_US.UTF-8")  # the owner's own number in chat.db wins over the locale
+    db, sim = chatdb_factory("sonoma", owner_phone="+447700900123")
+    sim.send(sim.self_chat(), "note to self")
+    sim.conn.execute("UPDATE message SET destination_caller_id = ?", ("+447700900123",))
+    monkeypatch.setenv("IMESSAGE_DB_PATH", str(db))
+    assert cli(capsys, "allow", "07700 900456")[0] == 0
+    assert allowed(folder) == ["+447700900456"]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["allow", "junk"], ["'junk' is not a handle"]),
+        (["allow", "a@b"], ["'a@b' is not a handle", "email"]),
+        (["allow", "1234567890123456789012"], ["too long"]),
+        (["allow", "12345"], ["short code"]),
+        (["group", "add", "iMessage;+;chat1", "--allow", "x,junk,,"], ["--allow", "'x' is not a handle", "'junk'"]),
+        (["remove", "junk"], ["'junk' is not a handle"]),
+    ],
+    ids=["allow-a-word", "allow-a-bad-email", "allow-22-digits", "allow-a-short-code", "group-allow-list", "remove"],
+)
+def test_cli_refuses_what_is_not_a_handle_and_writes_nothing(cli_env, capsys, args: list[str], words: list[str]):
+    folder, set_locale, _ = cli_env
+    set_locale("en_US.UTF-8")
+    code, out, err = cli(capsys, *args)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    for word in words:
+        assert word in err
+    assert not (folder / "access.json").exists()
+
+
+def test_cli_pair_refuses_a_code_issued_to_something_that_is_not_a_handle(cli_env, capsys) -> None:
+    folder, _, _ = cli_env
+    folder.mkdir()
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    pending = {"senderId": "junk", "chatId": "iMessage;-;junk", "createdAt": now_ms, "expiresAt": now_ms + 3_600_000}
+    (folder / "access.json").write_text(json.dumps({"pending": {"abc123": pending}}))
+    before = (folder / "access.json").read_bytes()
+    code, out, err = cli(capsys, "pair", "abc123")
+    assert code == 2 and out == "" and "'junk' is not a handle" in err and "access deny abc123" in err
+    assert (folder / "access.json").read_bytes() == before and not (folder / "approved").exists()
+
+
+def test_cli_lists_and_removes_entries_that_are_not_handles(cli_env, capsys) -> None:
+    folder, _, _ = cli_env
+    folder.mkdir()
+    (folder / "access.json").write_text(json.dumps({"allowFrom": ["junk", "+15551234567"]}))
+    code, out, _ = cli(capsys)
+    assert code == 0 and "Ignored, not handles (1)" in out and "'junk' is not a handle" in out
+    assert cli(capsys, "remove", "junk")[0] == 0
+    assert allowed(folder) == ["+15551234567"]
+
+
+def test_the_server_reads_national_numbers_in_the_owners_region_and_ignores_junk(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)  # the owner's phone is +15555550100: region US
+    try:
+        neighbour = "+15555550199"
+        dm = rig.sim.dm(neighbour)
+        (state(rig) / "access.json").write_text(json.dumps({"allowFrom": ["junk", "(555) 555-0199", "a@b"]}))
+        server = rig.start()
+        rig.sim.receive(dm, neighbour, "typed without a country code, allowed all the same")
+        rig.sim.receive(rig.friend, FRIEND, "no longer allowed")
+        rig.sentinel(server)
+        assert contents(server) == ["typed without a country code, allowed all the same", "sentinel 1"]
+        log = server.stderr()
+        assert log.count("'junk' is not a handle") == 1 and log.count("'a@b' is not a handle") == 1
+        assert "read as US numbers (from your number +15555550100)" in log
+    finally:
+        rig.close()
+
+
+def test_doctor_flags_access_json_entries_that_are_not_handles(tmp_path: Path) -> None:
+    (tmp_path / "access.json").write_text(json.dumps({"allowFrom": ["junk", "(479) 123-4567", "+15551234567"]}))
+    check = doctor.check_access(tmp_path, region="US")
+    assert check.status is Status.FAIL
+    assert "'junk' is not a handle" in check.detail and "(ignored)" in check.detail and "479" not in check.detail
+    assert "access remove" in check.fix
+    assert "1 allowed" not in check.detail and "2 allowed" in check.detail
