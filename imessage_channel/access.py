@@ -794,15 +794,29 @@ def pending_approvals(state: Path) -> list[str]:
     return sorted(n for n in names if not n.startswith("."))
 
 
-def consume_approval(state: Path, sender: str) -> str | None:
-    """Read and delete `approved/<sender>`; return the chat GUID it holds (stripped), or None when the
-    file is empty, unreadable or gone. The caller sends `PAIRED_CONFIRMATION` to that chat (the
-    official server deletes the file whether or not that send succeeds)."""
+def read_approval(state: Path, sender: str) -> str | None:
+    """The chat GUID `approved/<sender>` holds (stripped), or None when the file is empty, unreadable or
+    gone. Leaves the file in place (see `discard_approval`). Raises `ValueError` for a sender id that
+    cannot be a plain file name."""
     path = _approval_path(state, sender)
     try:
         chat = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError):
         chat = ""
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
     return chat or None
+
+
+def discard_approval(state: Path, sender: str) -> None:
+    """Delete `approved/<sender>` (missing is fine). Raises `ValueError` for an unusable sender id."""
+    with contextlib.suppress(FileNotFoundError):
+        _approval_path(state, sender).unlink()
+
+
+def consume_approval(state: Path, sender: str) -> str | None:
+    """Read and delete `approved/<sender>`; return the chat GUID it holds (stripped), or None when the
+    file is empty, unreadable or gone. The caller sends `PAIRED_CONFIRMATION` to that chat (the
+    official server deletes the file whether or not that send succeeds), after checking it against the
+    gate: a file in the state dir is no proof of a pairing (see `inbound.InboundPipeline.approvals`)."""
+    chat = read_approval(state, sender)
+    discard_approval(state, sender)
+    return chat

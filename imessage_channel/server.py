@@ -497,6 +497,24 @@ class Channel:
                 await self._outbox_changed.wait()
 
     async def _retry(self, entry: Queued) -> None:
+        """Send what is left of `entry`, part by part. The entry is checked against the gate first: the
+        outbox file lives in the state dir, which is no proof that its chat is one the channel may answer
+        (nor is an answer queued before access was revoked), so one failing `may_answer` is dropped with a
+        log line and nothing is sent. chat.db unreadable: retried later like a failed send."""
+        try:
+            allowed = await anyio.to_thread.run_sync(self.may_answer, entry.chat_guid)
+        except ChatDBError as exc:
+            if not self.outbox.retry_later(entry, str(exc)):
+                await self._given_up(entry, str(exc))
+            return
+        if not allowed:
+            log.warning(
+                "outbox: dropped a queued reply to %s without sending it: not self-chat, an allowlisted DM or a "
+                "configured group (now)",
+                entry.chat_guid,
+            )
+            self.outbox.drop(entry)
+            return
         self_chat = self._is_self(entry.chat_guid)
         while not entry.empty:
             texts, files = (entry.parts[:1], []) if entry.parts else ([], entry.files[:1])

@@ -12,6 +12,9 @@ Items proven here (issue "Nothing a sender, a clock or a crash does can blind th
   `handle.country`, else the locale) and kept in E.164; a national number with no region known is refused with a
   request for the country code; `allow`, `group add --allow`, `pair` and access.json loading share one validation
   (`handles.parse_handle`), and entries of access.json that fail it are ignored one log line each.
+- 12. The state dir is not a command channel: an `approved/<sender>` file is confirmed ("Paired!") only when its
+  sender is in allowFrom now and its chat is that sender's one-to-one chat; an outbox entry is sent only to a chat
+  `Channel.may_answer` accepts at send time; anything else is dropped with one log line and nothing is sent.
 - 4. Malformed state files never stop a start: `delivered.log` with invalid UTF-8, `outbox.json` entries of the
   wrong types, a `delivery.json` of the wrong shape; each bad file is moved aside under a unique name
   (`<name>.corrupt-<UTC stamp>[-N]`, never replacing an older one), logged once, and what was good in it is kept.
@@ -697,3 +700,90 @@ def test_doctor_flags_access_json_entries_that_are_not_handles(tmp_path: Path) -
     assert "'junk' is not a handle" in check.detail and "(ignored)" in check.detail and "479" not in check.detail
     assert "access remove" in check.fix
     assert "1 allowed" not in check.detail and "2 allowed" in check.detail
+
+
+# --- item 12: the state dir is not a command channel ---------------------------------------------------------
+
+STRANGER = "+15550001111"
+
+
+@pytest.mark.parametrize(
+    ("sender", "chat", "confirmed", "why"),
+    [
+        (FRIEND, "friend-dm", True, ""),
+        (STRANGER, "stranger-dm", False, "is not in allowFrom"),
+        (FRIEND, "stranger-dm", False, "is not friend@example.com's one-to-one chat"),
+        (FRIEND, "group", False, "one-to-one chat"),
+        (FRIEND, "iMessage;-;nobody@example.com", False, "is not in chat.db"),
+        ("owner@example.com", "self-chat", False, "is not in allowFrom"),
+    ],
+    ids=[
+        "allowed-sender-in-their-dm-is-confirmed",
+        "sender-not-in-allowfrom",
+        "allowed-sender-but-someone-elses-chat",
+        "allowed-sender-but-a-group",
+        "chat-not-in-chat-db",
+        "the-owner-in-self-chat",
+    ],
+)
+def test_an_approval_file_is_confirmed_only_for_an_allowed_sender_in_their_own_dm(
+    rig: Rig, sender: str, chat: str, confirmed: bool, why: str
+) -> None:
+    chats = {
+        "friend-dm": rig.friend.guid,
+        "stranger-dm": rig.sim.dm(STRANGER).guid,
+        "group": rig.sim.group([FRIEND, STRANGER]).guid,
+        "self-chat": rig.me.guid,
+    }
+    guid = chats.get(chat, chat)
+    server = rig.start()
+    rig.sentinel(server)
+    approved = state(rig) / "approved"
+    approved.mkdir(exist_ok=True)
+    (approved / sender).write_text(guid)  # dropped by any program of the user's, not by `access pair`
+    rig.sentinel(server)  # each wake reads approved/ before the new rows
+    if confirmed:
+        [call] = server.wait_osascript(1)
+        assert call["argv"][1:] == ["Paired! Say hi to Claude.", guid]
+    else:
+        rig.sentinel(server)
+        assert server.osascript_calls() == []
+        assert (
+            server.stderr().count(f"approved/{sender} dropped without a confirmation") == 1 and why in server.stderr()
+        )
+    assert not (approved / sender).exists()
+
+
+@pytest.mark.parametrize(
+    ("chat", "sent"),
+    [
+        ("self-chat", True),
+        ("friend-dm", True),
+        ("stranger-dm", False),
+        ("group-not-configured", False),
+        ("iMessage;-;nobody@example.com", False),
+    ],
+    ids=["self-chat-is-sent", "allowlisted-dm-is-sent", "stranger", "group-not-configured", "chat-not-in-chat-db"],
+)
+def test_an_outbox_entry_is_sent_only_to_a_chat_the_channel_may_answer(rig: Rig, chat: str, sent: bool) -> None:
+    chats = {
+        "self-chat": rig.me.guid,
+        "friend-dm": rig.friend.guid,
+        "stranger-dm": rig.sim.dm(STRANGER).guid,
+        "group-not-configured": rig.sim.group([FRIEND, STRANGER]).guid,
+    }
+    guid = chats.get(chat, chat)
+    control = queued(rig.me.guid, id="control", parts=["control, to self-chat"], created=1.0)
+    entry = queued(guid, id="planted", parts=["hello stranger"])
+    (state(rig) / "outbox.json").write_text(json.dumps({"version": 1, "entries": [entry, control]}))
+    server = rig.start()
+    calls = server.wait_osascript(2 if sent else 1)
+    rig.sentinel(server)
+    texts = [c["argv"][1] for c in server.osascript_calls()]
+    if sent:
+        assert sorted(texts) == ["control, to self-chat", "hello stranger"]
+        assert [c["argv"][2] for c in calls if c["argv"][1] == "hello stranger"] == [guid]
+    else:
+        assert texts == ["control, to self-chat"]
+        assert server.stderr().count(f"outbox: dropped a queued reply to {guid}") == 1
+    assert json.loads((state(rig) / "outbox.json").read_text())["entries"] == []
