@@ -335,16 +335,12 @@ def _handles(
     return tuple(valid), tuple(invalid)
 
 
-def _group_from_json(
-    value: object, where: str, region: Region = None, problems: list[str] | None = None
-) -> GroupPolicy:
+def _group_from_json(value: object, where: str, region: Region, problems: list[str]) -> GroupPolicy:
     obj = _obj(value, where)
     require = obj.get("requireMention")
     if require is not None and not isinstance(require, bool):
         raise AccessShapeError(f"{where}.requireMention: expected a boolean, got {require!r}")
-    allow_from, invalid = _handles(
-        obj.get("allowFrom"), f"{where}.allowFrom", region, [] if problems is None else problems
-    )
+    allow_from, invalid = _handles(obj.get("allowFrom"), f"{where}.allowFrom", region, problems)
     return GroupPolicy(
         require_mention=True if require is None else require,
         allow_from=allow_from,

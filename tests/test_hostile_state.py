@@ -5,6 +5,9 @@ Items proven here (issue "Nothing a sender, a clock or a crash does can blind th
 - 3. An unreadable access.json (another owner's 0600 file after `sudo imessage-channel access …`, a directory,
   EIO) never stops self-chat or replies to it; everyone else gets the defaults with one log line; the file is
   left where it is (never moved aside, never overwritten); the CLI refuses to edit it and `doctor` names the fix.
+- 4. Malformed state files never stop a start: `delivered.log` with invalid UTF-8, `outbox.json` entries of the
+  wrong types, a `delivery.json` of the wrong shape; each bad file is moved aside under a unique name
+  (`<name>.corrupt-<UTC stamp>[-N]`, never replacing an older one), logged once, and what was good in it is kept.
 - 5. An editor writing access.json in place is read mid-write now and then: the last good configuration stays in
   force, a file that does not parse is judged only once it has been unchanged for 2 s (by its mtime or by how long
   it has been seen, on the injected clock), and only one that stays invalid is moved aside.
@@ -15,9 +18,6 @@ Items proven here (issue "Nothing a sender, a clock or a crash does can blind th
 - 12. The state dir is not a command channel: an `approved/<sender>` file is confirmed ("Paired!") only when its
   sender is in allowFrom now and its chat is that sender's one-to-one chat; an outbox entry is sent only to a chat
   `Channel.may_answer` accepts at send time; anything else is dropped with one log line and nothing is sent.
-- 4. Malformed state files never stop a start: `delivered.log` with invalid UTF-8, `outbox.json` entries of the
-  wrong types, a `delivery.json` of the wrong shape; each bad file is moved aside under a unique name
-  (`<name>.corrupt-<UTC stamp>[-N]`, never replacing an older one), logged once, and what was good in it is kept.
 
 Server behaviour is tested against the real server over stdio (tests/harness.py); "not delivered" is proven
 with a sentinel row. Pure units (the `statefile` helpers) are tested directly, with a `ManualClock`.
@@ -96,127 +96,20 @@ def test_move_aside_never_replaces_an_earlier_file(tmp_path: Path) -> None:
 def test_load_leaves_an_unreadable_file_where_it_is(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "outbox.json"
     path.mkdir()  # as unreadable as a root-owned 0600 file is to its user (the tests run as root)
-    loaded = statefile.load(path, json.loads, clock=ManualClock(T0), log=statefile_log(), then="going on")
+    log = logging.getLogger("tests.hostile_state")
+    loaded = statefile.load(path, json.loads, clock=ManualClock(T0), log=log, then="going on")
     assert loaded.state is statefile.LoadState.UNREADABLE and loaded.value is None
     assert path.is_dir() and not asides(tmp_path, "outbox.json")
     assert "left where it is" in caplog.text and "directory" in caplog.text
 
 
-def statefile_log():
-    import logging
-
-    return logging.getLogger("tests.hostile_state")
-
-
-# --- item 4: malformed state files never stop a start ------------------------------------------------------
-
-
-def queued(chat: str, **fields: object) -> dict[str, object]:
-    """An outbox entry as the server writes it, due at once; `fields` override (the fault)."""
-    entry: dict[str, object] = {
-        "id": "abc123",
-        "chat_guid": chat,
-        "parts": ["still queued"],
-        "files": [],
-        "first_words": "still queued",
-        "created": 0,
-        "next_at": 0,
-        "attempts": 1,
-        "last_error": "Messages is not running",
-        "extra": {},
-    }
-    return {**entry, **fields}
-
-
-@pytest.mark.parametrize(
-    ("name", "content"),
-    [
-        ("outbox.json", b"{not json"),
-        ("outbox.json", b'{"version": 1, "entries": 5}'),
-        ("outbox.json", json.dumps({"version": 1, "entries": [{"id": 1}]}).encode()),
-        ("delivery.json", b"\xff\xfe{}"),
-        ("delivery.json", json.dumps({"version": 1, "db": "x", "rowid": "12"}).encode()),
-        ("delivery.json", json.dumps({"version": 1, "db": "x", "rowid": 3, "seen": 5}).encode()),
-        ("delivery.json", json.dumps({"version": 1, "db": "x", "rowid": 3, "recent": [[1, 2]]}).encode()),
-        ("delivered.log", b"\xff\xfe\xfd\n"),
-    ],
-    ids=[
-        "outbox-not-json",
-        "outbox-entries-not-a-list",
-        "outbox-entry-of-wrong-types",
-        "delivery-not-utf8",
-        "delivery-rowid-a-string",
-        "delivery-seen-a-number",
-        "delivery-recent-malformed",
-        "delivered-log-not-utf8",
-    ],
-)
-def test_a_malformed_state_file_is_moved_aside_and_the_server_starts(rig: Rig, name: str, content: bytes) -> None:
-    (state(rig) / name).write_bytes(content)
-    server = rig.start()
-    rig.sentinel(server)
-    [aside] = asides(state(rig), name)
-    assert aside.read_bytes() == content
-    assert f"{name} is corrupt" in server.stderr() and "Traceback" not in server.stderr()
-
-
-@pytest.mark.parametrize(
-    "fault",
-    [{"parts": 5}, {"next_at": "soon"}, {"files": [3]}, {"attempts": -1}, {"chat_guid": None}, {"created": True}],
-    ids=["parts-a-number", "next_at-a-word", "files-not-strings", "attempts-negative", "no-chat", "created-a-bool"],
-)
-def test_bad_outbox_entries_are_dropped_and_the_good_ones_are_still_sent(rig: Rig, fault: dict[str, object]) -> None:
-    good = queued(rig.me.guid, id="good", parts=["the good one"])
-    bad = queued(rig.me.guid, **{"id": "bad", "parts": ["the bad one"], **fault})
-    doc = json.dumps({"version": 1, "entries": [bad, good]}).encode()
-    (state(rig) / "outbox.json").write_bytes(doc)
-    server = rig.start()
-    [call] = server.wait_osascript(1)
-    assert call["argv"][1] == "the good one"
-    rig.sentinel(server)
-    assert [c["argv"][1] for c in server.osascript_calls()] == ["the good one"]
-    [aside] = asides(state(rig), "outbox.json")
-    assert aside.read_bytes() == doc  # nothing that was in the file is lost
-    assert "entry 0" in server.stderr()
-
-
-def test_guids_in_a_damaged_delivered_log_still_count_as_delivered(rig: Rig) -> None:
-    first = rig.start()
-    rig.sentinel(first)
-    first.close_stdin()
-    assert first.wait_exit() == 0
-    row = rig.sim.receive(rig.friend, FRIEND, "delivered just before a crash")
-    # The crash left the log with this GUID, then garbage (a torn write on a damaged disk).
-    (state(rig) / "delivered.log").write_bytes(row.guid.encode() + b"\n\xff\xfe\x00garbage\n")
-    second = rig.start()
-    rig.sentinel(second)
-    assert contents(second) == ["sentinel 2"]
-    [aside] = asides(state(rig), "delivered.log")
-    assert row.guid.encode() in aside.read_bytes()
-
-
-def test_a_second_bad_outbox_never_replaces_the_first(rig: Rig) -> None:
-    for n in (1, 2):
-        (state(rig) / "outbox.json").write_text(f"broken {n}")
-        server = rig.start()
-        rig.sentinel(server)
-        server.close_stdin()
-        assert server.wait_exit() == 0
-    kept = sorted(p.read_text() for p in asides(state(rig), "outbox.json"))
-    assert kept == ["broken 1", "broken 2"]
-
-
-def test_an_unreadable_outbox_is_left_in_place_and_never_overwritten(rig: Rig) -> None:
-    blocker = state(rig) / "outbox.json"
-    blocker.mkdir()
-    (blocker / "keep").write_text("whatever was here")
-    server = rig.start(osascript_mode="fail-600,ok")
-    result = server.call_tool("reply", {"chat_id": rig.me.guid, "text": "queued in memory"})
-    assert "queued" in result["content"][0]["text"]
-    server.wait_osascript(2, timeout=30)
-    assert (blocker / "keep").read_text() == "whatever was here" and not asides(state(rig), "outbox.json")
-    assert "left where it is" in server.stderr()
-    assert os.path.isdir(blocker)
+def test_a_file_replaced_since_it_was_read_is_not_moved_aside(tmp_path: Path) -> None:
+    path = tmp_path / "delivery.json"
+    path.write_text("{broken")
+    key = statefile.stat_key(path)
+    statefile.atomic_write(path, b'{"version": 1}')  # a writer's good file lands between the read and the move
+    assert statefile.move_aside_if_unchanged(path, key, T0) is None
+    assert path.read_bytes() == b'{"version": 1}' and not asides(tmp_path, "delivery.json")
 
 
 # --- item 3: an unreadable access.json --------------------------------------------------------------------
@@ -328,6 +221,117 @@ def test_with_access_json_a_directory_self_chat_and_replies_still_work(rig: Rig)
     rig.sim.receive(rig.friend, FRIEND, "friend, after the fix")
     server.wait_event(lambda e: e["content"] == "friend, after the fix")
     assert "can be read again" in server.stderr()
+
+
+# --- item 4: malformed state files never stop a start ------------------------------------------------------
+
+
+def queued(chat: str, **fields: object) -> dict[str, object]:
+    """An outbox entry as the server writes it, due at once; `fields` override (the fault)."""
+    entry: dict[str, object] = {
+        "id": "abc123",
+        "chat_guid": chat,
+        "parts": ["still queued"],
+        "files": [],
+        "first_words": "still queued",
+        "created": 0,
+        "next_at": 0,
+        "attempts": 1,
+        "last_error": "Messages is not running",
+        "extra": {},
+    }
+    return {**entry, **fields}
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("outbox.json", b"{not json"),
+        ("outbox.json", b'{"version": 1, "entries": 5}'),
+        ("outbox.json", json.dumps({"version": 1, "entries": [{"id": 1}]}).encode()),
+        ("delivery.json", b"\xff\xfe{}"),
+        ("delivery.json", json.dumps({"version": 1, "db": "x", "rowid": "12"}).encode()),
+        ("delivery.json", json.dumps({"version": 1, "db": "x", "rowid": 3, "seen": 5}).encode()),
+        ("delivery.json", json.dumps({"version": 1, "db": "x", "rowid": 3, "recent": [[1, 2]]}).encode()),
+        ("delivered.log", b"\xff\xfe\xfd\n"),
+    ],
+    ids=[
+        "outbox-not-json",
+        "outbox-entries-not-a-list",
+        "outbox-entry-of-wrong-types",
+        "delivery-not-utf8",
+        "delivery-rowid-a-string",
+        "delivery-seen-a-number",
+        "delivery-recent-malformed",
+        "delivered-log-not-utf8",
+    ],
+)
+def test_a_malformed_state_file_is_moved_aside_and_the_server_starts(rig: Rig, name: str, content: bytes) -> None:
+    (state(rig) / name).write_bytes(content)
+    server = rig.start()
+    rig.sentinel(server)
+    [aside] = asides(state(rig), name)
+    assert aside.read_bytes() == content
+    assert f"{name} is corrupt" in server.stderr() and "Traceback" not in server.stderr()
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [{"parts": 5}, {"next_at": "soon"}, {"files": [3]}, {"attempts": -1}, {"chat_guid": None}, {"created": True}],
+    ids=["parts-a-number", "next_at-a-word", "files-not-strings", "attempts-negative", "no-chat", "created-a-bool"],
+)
+def test_bad_outbox_entries_are_dropped_and_the_good_ones_are_still_sent(rig: Rig, fault: dict[str, object]) -> None:
+    good = queued(rig.me.guid, id="good", parts=["the good one"])
+    bad = queued(rig.me.guid, **{"id": "bad", "parts": ["the bad one"], **fault})
+    doc = json.dumps({"version": 1, "entries": [bad, good]}).encode()
+    (state(rig) / "outbox.json").write_bytes(doc)
+    server = rig.start()
+    [call] = server.wait_osascript(1)
+    assert call["argv"][1] == "the good one"
+    rig.sentinel(server)
+    assert [c["argv"][1] for c in server.osascript_calls()] == ["the good one"]
+    [aside] = asides(state(rig), "outbox.json")
+    assert aside.read_bytes() == doc  # nothing that was in the file is lost
+    assert "entry 0" in server.stderr()
+
+
+def test_guids_in_a_damaged_delivered_log_still_count_as_delivered(rig: Rig) -> None:
+    first = rig.start()
+    rig.sentinel(first)
+    first.close_stdin()
+    assert first.wait_exit() == 0
+    row = rig.sim.receive(rig.friend, FRIEND, "delivered just before a crash")
+    # The crash left the log with this GUID, then garbage (a torn write on a damaged disk).
+    (state(rig) / "delivered.log").write_bytes(row.guid.encode() + b"\n\xff\xfe\x00garbage\n")
+    second = rig.start()
+    rig.sentinel(second)
+    assert contents(second) == ["sentinel 2"]
+    [aside] = asides(state(rig), "delivered.log")
+    assert row.guid.encode() in aside.read_bytes()
+
+
+def test_a_second_bad_outbox_never_replaces_the_first(rig: Rig) -> None:
+    for n in (1, 2):
+        (state(rig) / "outbox.json").write_text(f"broken {n}")
+        server = rig.start()
+        rig.sentinel(server)
+        server.close_stdin()
+        assert server.wait_exit() == 0
+    kept = sorted(p.read_text() for p in asides(state(rig), "outbox.json"))
+    assert kept == ["broken 1", "broken 2"]
+
+
+def test_an_unreadable_outbox_is_left_in_place_and_never_overwritten(rig: Rig) -> None:
+    blocker = state(rig) / "outbox.json"
+    blocker.mkdir()
+    (blocker / "keep").write_text("whatever was here")
+    server = rig.start(osascript_mode="fail-600,ok")
+    result = server.call_tool("reply", {"chat_id": rig.me.guid, "text": "queued in memory"})
+    assert "queued" in result["content"][0]["text"]
+    server.wait_osascript(2, timeout=30)
+    assert (blocker / "keep").read_text() == "whatever was here" and not asides(state(rig), "outbox.json")
+    assert "left where it is" in server.stderr()
+    assert os.path.isdir(blocker)
 
 
 # --- item 5: in-place edits of access.json ------------------------------------------------------------------
