@@ -48,7 +48,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -60,6 +59,7 @@ from typing import Any
 from imessage_channel import statefile
 from imessage_channel.clock import SYSTEM, Clock
 from imessage_channel.handles import HandleError, Region, normalize_handle, parse_handle
+from imessage_channel.patterns import pattern_error
 from imessage_channel.statefile import StatKey, stat_key
 
 log = logging.getLogger("imessage_channel.access")
@@ -180,9 +180,18 @@ class Access:
 
     @property
     def effective_text_chunk_limit(self) -> int:
-        """`textChunkLimit` clamped to 1..10000; 10000 when absent (official server.ts `reply`)."""
-        limit = MAX_TEXT_CHUNK_LIMIT if self.text_chunk_limit is None else self.text_chunk_limit
-        return max(1, min(limit, MAX_TEXT_CHUNK_LIMIT))
+        """Characters per sent part: `textChunkLimit` when it is 1..10000, 10000 when it is larger (the
+        official server.ts clamps it to `MAX_CHUNK_LIMIT`), and the default 10000 when it is absent or
+        not positive.
+
+        Deliberately unlike server.ts, which clamps 0 and negatives up to 1 (one character per message:
+        `textChunkLimit: -5` turned 40 characters into 33 texts): a value below 1 is a mistake, not a wish
+        for one-letter messages, so it is ignored. `AccessStore` logs both corrections once per file version.
+        """
+        limit = self.text_chunk_limit
+        if limit is None or limit < 1:
+            return MAX_TEXT_CHUNK_LIMIT
+        return min(limit, MAX_TEXT_CHUNK_LIMIT)
 
     @property
     def effective_chunk_mode(self) -> ChunkMode:
@@ -572,7 +581,9 @@ class AccessStore:
     is left where it is: `load()` returns the defaults (self-chat needs no access.json; everyone else is
     dropped) and logs one warning naming the fix, and one line when it can be read again; `update()` raises
     `AccessUnavailableError` rather than replace a file it could not read. Regexes in `mentionPatterns` that
-    do not compile are logged once per new file version; the gate skips them.
+    RE2 cannot compile (`imessage_channel.patterns`), a `textChunkLimit` out of 1..10000 and `allowFrom`
+    entries that are not handles are logged once per new file version; the gate skips such regexes and
+    entries, and `Access.effective_text_chunk_limit` corrects the limit.
     """
 
     def __init__(self, state: Path, *, static: bool = False, clock: Clock = SYSTEM, region: Region = None) -> None:
@@ -674,6 +685,7 @@ class AccessStore:
                     self._move_corrupt_aside(key, exc, holding_lock=holding_lock)
                     continue  # now missing, or whatever a writer put there meanwhile
                 _log_bad_patterns(access.mention_patterns or ())
+                _log_bad_chunk_limit(access.text_chunk_limit)
                 for problem in access.problems:
                     log.warning("access.json %s (ignored; the rest of the file applies)", problem)
             self._unsettled = None
@@ -753,12 +765,25 @@ class AccessStore:
             )
 
 
+def _log_bad_chunk_limit(limit: int | None) -> None:
+    """Warn when `textChunkLimit` is out of range (see `Access.effective_text_chunk_limit`)."""
+    if limit is None:
+        return
+    if limit < 1:
+        log.warning(
+            "textChunkLimit %d is not a positive number of characters; ignoring it (using %d)",
+            limit,
+            MAX_TEXT_CHUNK_LIMIT,
+        )
+    elif limit > MAX_TEXT_CHUNK_LIMIT:
+        log.warning("textChunkLimit %d is over the maximum; using %d", limit, MAX_TEXT_CHUNK_LIMIT)
+
+
 def _log_bad_patterns(patterns: tuple[str, ...]) -> None:
+    """Warn about each `mentionPatterns` entry the gate will skip (RE2 cannot compile it)."""
     for pattern in patterns:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            log.warning("mentionPatterns: skipping invalid regex %r (%s)", pattern, exc)
+        if (reason := pattern_error(pattern)) is not None:
+            log.warning("mentionPatterns: skipping invalid regex %r (%s)", pattern, reason)
 
 
 # --- approved/ ----------------------------------------------------------------------------------

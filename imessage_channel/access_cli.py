@@ -57,6 +57,7 @@ from .access import (
 from .chatdb import ChatDB, ChatDBError, default_db_path
 from .clock import SYSTEM
 from .handles import HandleError, PhoneRegion, Region, pick_region
+from .patterns import pattern_error
 
 SET_KEYS = ("textChunkLimit", "chunkMode", "mentionPatterns", "appendSignature")
 """Keys `set` accepts (the official skill's list)."""
@@ -144,7 +145,8 @@ def parse_setting(key: str, value: str) -> Callable[[Access], Access]:
     - `textChunkLimit`: an integer 1–10000 (characters per message part; official maximum 10000);
     - `chunkMode`: `length` (cut at the limit) or `newline` (prefer paragraph breaks);
     - `mentionPatterns`: a JSON array of regex strings (the official form, `[]` clears them), or one
-      regex; each must compile (Python `re`, case-insensitive at match time);
+      regex; each must compile with RE2 (`imessage_channel.patterns`: linear time, no look-around or
+      back-references; case-insensitive at match time);
     - `appendSignature`: `true` or `false`.
     """
     if key == "textChunkLimit":
@@ -192,10 +194,11 @@ def _parse_patterns(value: str) -> tuple[str, ...]:
     for pattern in patterns:
         if not pattern:
             raise AccessCLIError("mentionPatterns: an empty pattern would match every message; remove it.")
-        try:
-            re.compile(pattern, re.IGNORECASE)
-        except re.error as exc:
-            raise AccessCLIError(f"mentionPatterns: {pattern!r} is not a valid regular expression ({exc}).") from None
+        if (reason := pattern_error(pattern)) is not None:
+            raise AccessCLIError(
+                f"mentionPatterns: {pattern!r} is not a valid regular expression ({reason}). Patterns run on RE2: "
+                "no look-around or back-references."
+            )
     return patterns
 
 

@@ -22,8 +22,10 @@ Every query is bounded (a LIMIT) and served by one of Apple's own indexes:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import plistlib
+import re
 import sqlite3
 import threading
 import time
@@ -37,6 +39,8 @@ from pathlib import Path
 from .appletime import APPLE_EPOCH, from_apple
 from .handles import normalize_handle, strip_account_prefix
 from .typedstream import decode_attributed_body
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DB_PATH = Path("~/Library/Messages/chat.db")
 """Where Messages keeps its database on every macOS release since 10.4."""
@@ -73,17 +77,41 @@ FULL_DISK_ACCESS_HELP = (
 
 
 class Kind(StrEnum):
-    """What a `message` row is, as the channel sees it (first match wins, in this order)."""
+    """What a `message` row is, as the channel sees it (first match wins, in this order).
+
+    The `associated_message_type` and `item_type` values are imessage-exporter's classification
+    (imessage-database `tables/messages/message.rs`: `Message::variant`, `get_announcement`,
+    `is_kept_audio_message`, `started_sharing_location`, `is_shareplay`; `GroupAction::from_message`)."""
 
     UNSEND = "unsend"  # date_retracted set: the sender took the message back (Ventura+)
     EDIT = "edit"  # date_edited set: the text was edited after sending (Ventura+)
-    TAPBACK = "tapback"  # associated_message_type 2000–2007
+    TAPBACK = "tapback"  # associated_message_type 2000–2007, or 1000: a sticker placed on a bubble
     TAPBACK_REMOVAL = "tapback_removal"  # associated_message_type 3000–3007
-    GROUP_EVENT = "group_event"  # item_type ≠ 0: member added/removed, renamed, photo changed, left
+    GROUP_EVENT = "group_event"  # item_type 1 member added/removed, 2 renamed, 3 left / photo changed
+    LOCATION_SHARING = "location_sharing"  # item_type 4: started (share_status 0) or stopped sharing location
+    AUDIO_KEPT = "audio_kept"  # item_type 5: someone kept an audio message (which would otherwise expire)
+    SHAREPLAY = "shareplay"  # item_type 6: a SharePlay / FaceTime session in the chat
+    OTHER_EVENT = "other_event"  # any other item_type ≠ 0: a notice of a kind this version does not know
     REPLY = "reply"  # thread_originator_guid set: an inline reply
     TEXT = "text"  # an ordinary message with text and/or attachments
     RECEIPT = "receipt"  # no text, no attachment: whitespace-only rows Messages writes for receipts
+    UNREADABLE = "unreadable"  # the row could not be decoded (logged once): never delivered, never blocking
 
+
+STICKER_PLACED = 1000
+"""`associated_message_type` of a sticker dragged onto a message bubble: a reaction to that message, delivered
+like the iOS 18 sticker tapback (2007) with `reaction="sticker"`; the row carries the sticker as an attachment
+(`is_sticker`). imessage-exporter: `1000 => Variant::Tapback(…, TapbackAction::Added, Tapback::Sticker)`."""
+
+ITEM_KINDS: dict[int, Kind] = {
+    1: Kind.GROUP_EVENT,
+    2: Kind.GROUP_EVENT,
+    3: Kind.GROUP_EVENT,
+    4: Kind.LOCATION_SHARING,
+    5: Kind.AUDIO_KEPT,
+    6: Kind.SHAREPLAY,
+}
+"""`message.item_type` → `Kind` (see `Kind` for the source); other non-zero values are `Kind.OTHER_EVENT`."""
 
 TAPBACKS: dict[int, tuple[str, str]] = {
     0: ("love", "❤️"),
@@ -102,7 +130,8 @@ Source: design §4; imessage-exporter's `Tapback` variants."""
 @dataclass(frozen=True, slots=True)
 class Tapback:
     """A reaction row. `target_guid` is the reacted-to message's GUID with the `p:N/` or `bp:`
-    prefix removed; `target_part` is N (the message part, 0 for the text) or None."""
+    prefix removed, or "" when the column does not hold a GUID-shaped value (`message_guid`);
+    `target_part` is N (the message part, 0 for the text) or None."""
 
     reaction: str
     emoji: str
@@ -195,6 +224,12 @@ class Message:
     - `date`: UTC; from ns or legacy seconds. `text`: from `text`, else from the decoded
       `attributedBody`, with U+FFFC attachment placeholders removed and ends stripped.
     - `is_audio_message`: `message.is_audio_message` (a voice message recorded in Messages).
+    - `share_status`: `message.share_status`; for `Kind.LOCATION_SHARING` True means sharing stopped.
+    - `placeholders`: U+FFFC characters in the raw text (before `clean_text`), one per file; 0 for an app
+      balloon (`balloon_bundle_id` set), whose U+FFFC stands for the balloon (imessage-exporter `Message::body`).
+    - `transfer_guids`: the attributedBody's `__kIMFileTransferGUIDAttributeName` values (= `attachment.guid`).
+    - `reply_to`: `thread_originator_guid` when GUID-shaped (`message_guid`), else None — also for a reply
+      (`kind` REPLY) whose sender's client wrote something else there.
     """
 
     rowid: int
@@ -217,18 +252,34 @@ class Message:
     item_type: int = 0
     group_action_type: int = 0
     group_title: str | None = None
+    share_status: bool = False
     date_edited: datetime | None = None
     date_retracted: datetime | None = None
     edit_history: tuple[str, ...] = ()
     mentions: tuple[str, ...] = field(default=())
     transfer_guids: tuple[str, ...] = ()
     is_audio_message: bool = False
+    placeholders: int = 0
+
+    @property
+    def files_missing(self) -> int:
+        """How many of the message's files are not joined yet: Messages can commit the message row before
+        its `message_attachment_join` rows, and those one by one. Two signals, the larger wins: the text's
+        U+FFFC count (`placeholders`, one per file, design §4) beyond the files joined, and file-transfer
+        GUIDs in the attributedBody with no joined `attachment` of that GUID. Both are written by the sender's
+        client, so a caller that waits on this must bound the wait."""
+        joined = {a.guid for a in self.attachments}
+        return max(self.placeholders - len(self.attachments), len(set(self.transfer_guids) - joined), 0)
+
+    @property
+    def expected_files(self) -> int:
+        """Files the message has: those joined plus `files_missing`."""
+        return len(self.attachments) + self.files_missing
 
     @property
     def attachments_pending(self) -> bool:
-        """True when the attributedBody names file transfers whose `attachment` rows are not joined yet
-        (Messages can commit the message row before its attachment joins)."""
-        return bool(set(self.transfer_guids) - {a.guid for a in self.attachments})
+        """True when some of the message's files are not joined yet (`files_missing`)."""
+        return self.files_missing > 0
 
     @property
     def is_dm(self) -> bool:
@@ -262,16 +313,72 @@ def parse_associated_guid(value: str | None) -> tuple[str, int | None] | None:
     return value, None
 
 
+GUID_SHAPE = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+"""What a message GUID in chat.db looks like: a UUID in its 8-4-4-4-12 hex form, 36 ASCII characters.
+
+Sources: every `message.guid` and `attachment.guid` of the real Ventura chat.db in `fixtures/reference`
+(uppercase, e.g. `D7CEBAED-9844-4B25-B841-F7748EA3BCAD`); imessage-exporter's `Message::clean_associated_guid`
+(imessage-database `tables/messages/message.rs`), which keeps exactly 36 characters after a `p:N/` or `bp:`
+prefix, with tests on `p:1/A44CE9D7-AAAA-BBBB-CCCC-23C54E1A9B6A` and `bp:…` that reject `FAKE_GUID`.
+BlueBubbles' server (`databases/imessage/entity/Message.ts`) hands the column to its clients unparsed; no
+other form turned up there. Lowercase hex is accepted as well (it cannot carry anything harmful); nothing
+else is: no braces, no dashless form, no suffix."""
+
+PLAIN_ID_LIMIT = 320
+"""Longest `plain_id`: a chat GUID is a service prefix (`iMessage;-;`, `any;+;`) plus a handle or group id;
+an email address is at most 254 characters."""
+
+_PLAIN_ID = re.compile(rf"[!#-;=?-\[\]-~]{{1,{PLAIN_ID_LIMIT}}}")
+"""Printable ASCII (0x21–0x7E) except `"` (0x22), `<` (0x3C), `>` (0x3E) and `\\` (0x5C)."""
+
+
+def message_guid(value: object) -> str | None:
+    """The message GUID named by a sender-set column, or None when it is not GUID-shaped.
+
+    For `thread_originator_guid` (an inline reply's target) and `associated_message_guid` (a reaction's
+    target): the sender's client chooses these values and Messages stores them as received, so they reach
+    meta (`reply_to`, `reaction_to`) only through this check. The `p:N/` and `bp:` prefixes are stripped
+    (`parse_associated_guid`); what remains must match `GUID_SHAPE` exactly. A value that is not a `str`
+    (a BLOB, NULL) gives None. Never raises.
+    """
+    if not isinstance(value, str):
+        return None
+    parsed = parse_associated_guid(value)
+    if parsed is None or not GUID_SHAPE.fullmatch(parsed[0]):
+        return None
+    return parsed[0]
+
+
+def plain_id(value: object) -> str | None:
+    """`value` when it is a plain identifier that can stand in a meta value as it is, else None.
+
+    For `message.guid` (`message_id`) and `chat.guid` (`chat_id`): Messages writes them, but from what the
+    sending device sent (the message's UUID, a group's id), so they are checked too — more loosely than
+    `message_guid`, since chat GUIDs hold handles (`iMessage;-;+15551234567`, `any;+;chat123…`,
+    `iMessage;-;o'brien@example.com`). Plain: 1 to `PLAIN_ID_LIMIT` printable ASCII characters, none of
+    them white space or `"` `<` `>` `\\` (which could end an attribute, open a tag or start an escape where
+    Claude Code renders meta as `key="value"`). A row failing this is not delivered (its `chat_id` could
+    not be answered safely anyway). Never raises.
+    """
+    return value if isinstance(value, str) and _PLAIN_ID.fullmatch(value) else None
+
+
 def tapback_of(assoc_type: int, guid: str | None, emoji: str | None) -> Tapback | None:
-    """Build a `Tapback` from `associated_message_type` (2000–2007 add, 3000–3007 remove), the
-    associated GUID and `associated_message_emoji` (Sequoia+). None when the type is not a tapback."""
-    if 2000 <= assoc_type <= 2007:
+    """Build a `Tapback` from `associated_message_type` (2000–2007 add, 3000–3007 remove, `STICKER_PLACED`
+    a sticker placed on the bubble, read as the sticker tapback), the associated GUID and
+    `associated_message_emoji` (Sequoia+). None when the type is not a reaction. `target_guid` is ""
+    (and `target_part` None) unless the associated GUID is GUID-shaped (`message_guid`): the sender's
+    client sets that column."""
+    if assoc_type == STICKER_PLACED:
+        removed, code = False, 7
+    elif 2000 <= assoc_type <= 2007:
         removed, code = False, assoc_type - 2000
     elif 3000 <= assoc_type <= 3007:
         removed, code = True, assoc_type - 3000
     else:
         return None
-    target = parse_associated_guid(guid) or ("", None)
+    parsed = parse_associated_guid(guid)
+    target = parsed if parsed is not None and message_guid(guid) is not None else ("", None)
     name, default_emoji = TAPBACKS[code]
     return Tapback(name, emoji or default_emoji, target[0], target[1], removed)
 
@@ -324,17 +431,19 @@ def classify(
 ) -> Kind:
     """Decide a row's `Kind` from its columns (NULL passed as 0/None). Order matters: an unsent
     reply is an unsend; a tapback is never a text even when older releases fill `text` with
-    "Liked “…”". See `Kind` for the meaning of each."""
+    "Liked “…”". `has_attachments`: files joined, or announced by the text (U+FFFC) or the
+    attributedBody (transfer GUIDs) and not joined yet — such a row is never a receipt. See `Kind` for the
+    meaning of each."""
     if date_retracted:
         return Kind.UNSEND
     if date_edited:
         return Kind.EDIT
-    if 2000 <= assoc_type <= 2007:
+    if assoc_type == STICKER_PLACED or 2000 <= assoc_type <= 2007:
         return Kind.TAPBACK
     if 3000 <= assoc_type <= 3007:
         return Kind.TAPBACK_REMOVAL
     if item_type:
-        return Kind.GROUP_EVENT
+        return ITEM_KINDS.get(item_type, Kind.OTHER_EVENT)
     if not text and not has_attachments:
         return Kind.RECEIPT
     if thread_originator_guid:
@@ -361,11 +470,13 @@ _OPTIONAL_MESSAGE_COLUMNS = (
     "item_type",
     "group_action_type",
     "group_title",
+    "share_status",
     "date_edited",
     "date_retracted",
     "message_summary_info",
     "cache_has_attachments",
     "is_audio_message",
+    "balloon_bundle_id",
 )
 
 
@@ -417,6 +528,7 @@ class ChatDB:
                 f"Cannot read the Messages database at {self.path} ({exc}). " + FULL_DISK_ACCESS_HELP
             ) from exc
         self._conn, self._ino = conn, st.st_ino
+        self._told_lenient = False
         self.generation += 1
         self._columns = self._probe_locked("message")
         self._attachment_columns = self._probe_locked("attachment")
@@ -463,8 +575,10 @@ class ChatDB:
         """Run one statement and fetch every row (so no read transaction outlives the call).
 
         `SQLITE_BUSY`/locked is retried with backoff for about two seconds in all (on top of the
-        connection's busy timeout); other errors close the connection, so the next call reopens it.
-        Raises `ChatDBError`."""
+        connection's busy timeout). A TEXT value that is not valid UTF-8 (a sender's client can write one)
+        fails the whole statement in Python's sqlite3, so the statement is run again with invalid bytes
+        decoded as U+FFFD (`_lenient`): one bad value never hides the rows around it. Other errors close
+        the connection, so the next call reopens it. Raises `ChatDBError`."""
         with self._lock:
             for delay in (*BUSY_BACKOFF_S, None):
                 try:
@@ -473,6 +587,8 @@ class ChatDB:
                     assert self._conn is not None
                     return self._conn.execute(sql, params).fetchall()
                 except sqlite3.OperationalError as exc:
+                    if str(exc).startswith("Could not decode to UTF-8"):
+                        return self._lenient_locked(sql, params)
                     busy = "locked" in str(exc) or "busy" in str(exc)
                     if busy and delay is not None:
                         time.sleep(delay)
@@ -483,6 +599,22 @@ class ChatDB:
                     self._drop_locked()
                     raise ChatDBError(f"Reading {self.path} failed: {exc}") from exc
             raise AssertionError("unreachable")
+
+    def _lenient_locked(self, sql: str, params: Sequence[object]) -> list[tuple]:
+        """Run `sql` with TEXT values decoded leniently (invalid UTF-8 → U+FFFD); said once per connection."""
+        assert self._conn is not None
+        if not self._told_lenient:
+            self._told_lenient = True
+            log.warning("chat.db holds text that is not valid UTF-8; reading it with replacement characters")
+        self._conn.text_factory = _lenient
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            self._drop_locked()
+            raise ChatDBError(f"Reading {self.path} failed: {exc}") from exc
+        finally:
+            if self._conn is not None:
+                self._conn.text_factory = str
 
     def _probe_locked(self, table: str) -> frozenset[str]:
         assert self._conn is not None
@@ -518,6 +650,24 @@ class ChatDB:
         """Rows with ROWID > `rowid`, oldest first, at most `limit` (primary-key range scan)."""
         rows = self._query(self._select + " WHERE m.ROWID > ? ORDER BY m.ROWID LIMIT ?", (rowid, limit))
         return self._decode_rows(rows)
+
+    def anchor(self, rowid: int) -> tuple[int, str | None]:
+        """`(sequence, guid)`: the highest `message` ROWID ever handed out (`sqlite_sequence`: `message` is
+        `INTEGER PRIMARY KEY AUTOINCREMENT` in every release, so deleting rows never lowers it; a rebuilt or
+        restored file can), and the GUID of the row `rowid` (None when that row was deleted). Falls back to
+        `MAX(ROWID)` where `sqlite_sequence` has no `message` entry. One statement, two primary-key lookups:
+        the reader runs it before each read to notice a file rebuilt, renumbered or restored in place."""
+        ((seq, top, guid),) = self._query(
+            "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'message'), (SELECT MAX(ROWID) FROM message),"
+            " (SELECT guid FROM message WHERE ROWID = ?)",
+            (rowid,),
+        )
+        return max(int(seq or 0), int(top or 0)), (str(guid) if guid is not None else None)
+
+    def rowid_of(self, guid: str) -> int | None:
+        """The ROWID of the message with this GUID (`message.guid` is UNIQUE), or None."""
+        row = self._query("SELECT ROWID FROM message WHERE guid = ?", (guid,))
+        return int(row[0][0]) if row else None
 
     def guid_at(self, rowid: int) -> str | None:
         """`message.guid` of the row with this ROWID, or None."""
@@ -588,7 +738,14 @@ class ChatDB:
         attachments = self._attachments_for(
             [r[0] for r in rows if r[6 + _IDX["cache_has_attachments"]] or r[6 + _IDX["attributedBody"]]]
         )
-        return [self._decode_row(r, attachments.get(r[0], ())) for r in rows]
+        out: list[Message] = []
+        for r in rows:
+            try:
+                out.append(self._decode_row(r, attachments.get(r[0], ())))
+            except Exception as exc:  # one row a sender (or a bug) made undecodable never stops the others
+                log.warning("message ROWID %s cannot be decoded (%s: %s); skipping it", r[0], type(exc).__name__, exc)
+                out.append(_unreadable(r))
+        return out
 
     def _decode_row(self, r: tuple, attachments: tuple[Attachment, ...]) -> Message:
         rowid, guid, handle, chat_rowid, chat_guid, chat_style = r[:6]
@@ -610,6 +767,7 @@ class ChatDB:
                 if raw is None:
                     raw = decoded.text
         text = clean_text(raw)
+        placeholders = raw.count(OBJECT_REPLACEMENT) if raw and not get("balloon_bundle_id") else 0
         is_from_me = bool(get("is_from_me"))
         account = get("account") or None
         sender: str | None = handle
@@ -623,7 +781,7 @@ class ChatDB:
         date_retracted = get("date_retracted")
         kind = classify(
             text=text,
-            has_attachments=bool(attachments),
+            has_attachments=bool(attachments) or placeholders > 0 or bool(transfers),
             assoc_type=assoc_type,
             item_type=item_type,
             thread_originator_guid=thread,  # type: ignore[arg-type]
@@ -646,18 +804,20 @@ class ChatDB:
             kind=kind,
             attachments=attachments,
             tapback=tapback_of(assoc_type, get("associated_message_guid"), emoji),  # type: ignore[arg-type]
-            reply_to=thread,  # type: ignore[arg-type]
+            reply_to=message_guid(thread),
             account=account,  # type: ignore[arg-type]
             destination_caller_id=get("destination_caller_id") or None,  # type: ignore[arg-type]
             item_type=item_type,
             group_action_type=int(get("group_action_type") or 0),
             group_title=get("group_title") or None,  # type: ignore[arg-type]
+            share_status=bool(get("share_status")),
             date_edited=from_apple(date_edited),  # type: ignore[arg-type]
             date_retracted=from_apple(date_retracted),  # type: ignore[arg-type]
             edit_history=decode_edit_history(get("message_summary_info")) if date_edited else (),  # type: ignore[arg-type]
             mentions=mentions,
             transfer_guids=transfers,
             is_audio_message=bool(get("is_audio_message")),
+            placeholders=placeholders,
         )
 
     def _attachments_for(self, message_ids: list[int]) -> dict[int, tuple[Attachment, ...]]:
@@ -676,6 +836,12 @@ class ChatDB:
             for mid, *cols in rows:
                 out.setdefault(mid, []).append(_attachment(cols))
         return {k: tuple(v) for k, v in out.items()}
+
+    def attachments_of(self, message_rowids: Iterable[int]) -> dict[int, tuple[Attachment, ...]]:
+        """`{message ROWID: its joined attachments in attachment ROWID order}` for these messages (messages
+        without any are left out), read 500 at a time through an index of `message_attachment_join` on
+        `message_id`. Used to see files Messages joins to a message after it was delivered."""
+        return self._attachments_for(sorted(set(message_rowids)))
 
     def _attachment_cols(self) -> str:
         sticker = "a.is_sticker" if "is_sticker" in self._attachment_columns else "0"
@@ -726,6 +892,16 @@ class ChatDB:
     def chats(self, limit: int = 1000) -> list[Chat]:
         """All chats, by ROWID, at most `limit`."""
         return [Chat(*r) for r in self._query(self._CHAT_SELECT + " ORDER BY ROWID LIMIT ?", (limit,))]
+
+    def latest_rowid_in(self, chat_guid: str) -> int:
+        """The highest message ROWID joined to the chat(s) with this GUID, 0 when none: ROWIDs grow in the
+        order Messages writes rows on this Mac, so unlike `date` (the sender's clock) they say which chat
+        was used last. One primary-key lookup (`chat_message_join (chat_id, message_id)`) per chat row."""
+        rows = self._query(
+            "SELECT MAX(j.message_id) FROM chat c JOIN chat_message_join j ON j.chat_id = c.ROWID WHERE c.guid = ?",
+            (chat_guid,),
+        )
+        return int(rows[0][0] or 0) if rows else 0
 
     def participants(self, chat_guid: str) -> list[str]:
         """`handle.id` of every member of the chat(s) with this GUID (the owner is not listed)."""
@@ -841,6 +1017,31 @@ def _attachment(cols: Sequence[object]) -> Attachment:
         transfer_state=int(tstate or 0),  # type: ignore[call-overload]
         total_bytes=int(size or 0),  # type: ignore[call-overload]
         is_sticker=bool(is_sticker),
+    )
+
+
+def _lenient(raw: bytes) -> str:
+    """sqlite3 `text_factory`: UTF-8 with invalid bytes replaced by U+FFFD."""
+    return raw.decode("utf-8", "replace")
+
+
+def _unreadable(r: tuple) -> Message:
+    """The stand-in for a row `_decode_row` could not decode: its ROWID (so the watermark moves past it), its
+    GUID and chat if they are plain values, kind `UNREADABLE`."""
+    rowid, guid, _handle, chat_rowid, chat_guid, chat_style = r[:6]
+    return Message(
+        rowid=int(rowid),
+        guid=guid if isinstance(guid, str) else f"unreadable-{rowid}",
+        chat_guid=chat_guid if isinstance(chat_guid, str) else None,
+        chat_style=chat_style if isinstance(chat_style, int) else None,
+        chat_rowid=chat_rowid if isinstance(chat_rowid, int) else None,
+        handle=None,
+        sender=None,
+        service="",
+        is_from_me=False,
+        date=None,
+        text="",
+        kind=Kind.UNREADABLE,
     )
 
 

@@ -3,7 +3,7 @@
 Owns two files in the state dir (`IMESSAGE_STATE_DIR`):
 
 - `delivery.json` — rewritten atomically (`statefile.atomic_write`) after each delivery batch:
-  `{"version": 1, "db": <chat.db path>, "rowid": W, "edge_guid": <GUID of row W>, "newest_date": <Apple ns>,
+  `{"version": 1, "db": <chat.db path>, "rowid": W, "edge_guid": <GUID of row W>, "last_active": <Apple ns>,
   "seen": [GUID…],
   "recent": [[sender, chat, text hash, Apple ns, GUID]…]}`. `rowid` is the watermark: every row ≤ W has been
   decided (delivered, or dropped for a reason). `seen` holds the last `SEEN_LIMIT` delivered GUIDs.
@@ -55,7 +55,7 @@ class Resume:
     `corrupt` True)."""
 
     rowid: int | None
-    newest_date: int | None
+    last_active: int | None
     edge_guid: str | None = None
     seen: list[str] = field(default_factory=list)
     recent: list[tuple[str, str, str, int, str]] = field(default_factory=list)
@@ -69,7 +69,7 @@ class LedgerState:
     db: str
     rowid: int
     edge_guid: str | None
-    newest_date: int | None
+    last_active: int | None
     seen: tuple[str, ...]
     recent: tuple[tuple[str, str, str, int, str], ...]
 
@@ -117,7 +117,8 @@ def _fingerprint(item: object, where: str) -> tuple[str, str, str, int, str]:
 def parse_state(data: bytes) -> LedgerState:
     """Validate `delivery.json` bytes. Raises `ValueError` (saying where and what) for anything but UTF-8
     JSON of version 1 with: `db` a string, `rowid` an integer ≥ 0, `edge_guid` a GUID or null,
-    `newest_date` an integer or null, `seen` a list of GUIDs, `recent` a list of
+    `last_active` an integer or null (files written before it existed have `newest_date`, read in its place),
+    `seen` a list of GUIDs, `recent` a list of
     `[sender, chat, text hash, Apple ns, GUID]` (three strings, an integer, a GUID)."""
     doc = json.loads(data.decode("utf-8"))
     if not isinstance(doc, dict) or doc.get("version") != 1:
@@ -125,12 +126,12 @@ def parse_state(data: bytes) -> LedgerState:
     rowid = _int(doc.get("rowid"), "rowid")
     if rowid < 0:
         raise ValueError(f"rowid: negative ({rowid})")
-    edge, newest = doc.get("edge_guid"), doc.get("newest_date")
+    edge, active = doc.get("edge_guid"), doc.get("last_active", doc.get("newest_date"))
     return LedgerState(
         db=_str(doc.get("db"), "db"),
         rowid=rowid,
         edge_guid=None if edge is None else _guid(edge, "edge_guid"),
-        newest_date=None if newest is None else _int(newest, "newest_date"),
+        last_active=None if active is None else _int(active, "last_active"),
         seen=tuple(_guid(g, f"seen[{i}]") for i, g in enumerate(_list(doc.get("seen", []), "seen"))),
         recent=tuple(_fingerprint(r, f"recent[{i}]") for i, r in enumerate(_list(doc.get("recent", []), "recent"))),
     )
@@ -185,7 +186,7 @@ class DeliveryLedger:
         replaces it when the folder allows. A file written for another chat.db is a first start too.
         Lines of `delivered.log` that are not GUIDs (invalid UTF-8, control characters) are dropped and
         the log is moved aside; the good lines still count as delivered."""
-        resume = Resume(rowid=None, newest_date=None)
+        resume = Resume(rowid=None, last_active=None)
         loaded = statefile.load(
             self.path,
             parse_state,
@@ -199,7 +200,7 @@ class DeliveryLedger:
         elif loaded.value is not None:
             state = loaded.value
             if state.db == self.db_path:
-                resume.rowid, resume.newest_date, resume.edge_guid = state.rowid, state.newest_date, state.edge_guid
+                resume.rowid, resume.last_active, resume.edge_guid = state.rowid, state.last_active, state.edge_guid
             resume.seen, resume.recent = list(state.seen), list(state.recent)
         logged = statefile.load(
             self.log_path,
@@ -252,7 +253,7 @@ class DeliveryLedger:
         self,
         processed: int,
         edge_guid: str | None,
-        newest_date: int | None,
+        last_active: int | None,
         recent: deque[tuple[str, str, str, int, str]],
     ) -> None:
         """Persist the watermark (never past an in-flight row), the GUID of the row at the watermark
@@ -267,7 +268,7 @@ class DeliveryLedger:
                 "db": self.db_path,
                 "rowid": rowid,
                 "edge_guid": edge_guid if rowid == processed else None,
-                "newest_date": newest_date,
+                "last_active": last_active,
                 "seen": list(self._seen),
                 "recent": [list(r) for r in recent],
             }

@@ -48,13 +48,12 @@ Notes on the choices:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import lru_cache
 
 from imessage_channel.access import Access, DmPolicy, GroupPolicy, is_allowed
+from imessage_channel.patterns import any_match
 
 #: chat.style values (design §4): 45 = one-to-one (DM), 43 = group.
 STYLE_DM = 45
@@ -163,23 +162,12 @@ def find_group(groups: Mapping[str, GroupPolicy], chat_guid: str) -> GroupPolicy
     return None
 
 
-@lru_cache(maxsize=256)
-def _compile(pattern: str) -> re.Pattern[str] | None:
-    try:
-        return re.compile(pattern, re.IGNORECASE)
-    except re.error:
-        return None
-
-
 def mentioned(text: str, patterns: Sequence[str]) -> bool:
     """True when any of `patterns` matches anywhere in `text`, case-insensitively.
 
     iMessage has no structured mentions (ACCESS.md), so `mentionPatterns` regexes are the only trigger.
-    A pattern Python's `re` cannot compile is skipped (`AccessStore` logs it when it loads the file);
-    note the official server compiles them as JavaScript regexes, whose syntax differs at the edges.
+    Patterns run on RE2 (`imessage_channel.patterns`): time linear in the text whatever the pattern, so a
+    pathological entry such as `^(a+)+$` cannot stall delivery. A pattern RE2 cannot compile (bad syntax,
+    look-around, back-references) is skipped; `AccessStore` logs it when it loads the file.
     """
-    for pattern in patterns:
-        compiled = _compile(pattern)
-        if compiled is not None and compiled.search(text):
-            return True
-    return False
+    return any_match(patterns, text)

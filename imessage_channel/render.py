@@ -116,7 +116,8 @@ def describe(msg: Message, quote: QuoteLookup | None = None) -> str:
 
     `[attachment: IMG_1.heic image/heic]`, `[audio message: …]`, `[sticker: …]`, `(edited)`,
     `↩ reply to "…"`, `❤️ loved "…"`, `removed 👍 from "…"`, `(unsent a message)`,
-    `(renamed the group to "…")`."""
+    `(renamed the group to "…")`, `(started sharing location)`, `(kept an audio message)`,
+    `(SharePlay / FaceTime)`."""
     q = quote or (lambda _guid: None)
 
     def quoted(guid: str | None) -> str:
@@ -135,9 +136,17 @@ def describe(msg: Message, quote: QuoteLookup | None = None) -> str:
         if msg.item_type == 1:
             return "(removed someone from the group)" if msg.group_action_type == 1 else "(added someone to the group)"
         return "(changed the group)"
+    if msg.kind is Kind.LOCATION_SHARING:
+        return "(stopped sharing location)" if msg.share_status else "(started sharing location)"
+    if msg.kind is Kind.AUDIO_KEPT:
+        return "(kept an audio message)"
+    if msg.kind is Kind.SHAREPLAY:
+        return "(SharePlay / FaceTime)"
+    if msg.kind is Kind.OTHER_EVENT:
+        return f"(Messages notice, item_type {msg.item_type})"
     if msg.kind is Kind.RECEIPT:
         return "(receipt)"
-    if msg.reply_to:
+    if msg.reply_to or msg.kind is Kind.REPLY:
         text = f"↩ reply to {quoted(msg.reply_to)}: {text}"
     if msg.kind is Kind.EDIT:
         text += " (edited)"

@@ -19,6 +19,7 @@ Nothing here writes to stdout (stdout is the MCP stream); subprocesses never inh
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import os
@@ -114,7 +115,24 @@ DEFAULT_SIGNATURE = "\nSent by Claude"
 """Appended to the last text part unless `IMESSAGE_APPEND_SIGNATURE=false` (official server.ts)."""
 
 MAX_FILE_BYTES = 100 * 1024 * 1024
-"""Attachment cap: 100 MiB, as the official plugin's `MAX_ATTACHMENT_BYTES`."""
+"""Attachment cap: 100 MiB, as the official plugin's `MAX_ATTACHMENT_BYTES`. Checked on the open
+descriptor and enforced again while copying (a file that grows past it is refused)."""
+
+MAX_TEXT_PARTS = 10
+"""Most text messages one reply may become. Each part is a separate bubble, a separate notification on
+the recipient's phone and a separate AppleScript call (up to `DEFAULT_TIMEOUT` each, holding the sender):
+ten bubbles of up to `MAX_CHUNK_LIMIT` characters (100 000 characters) is already more than anyone reads on
+a phone, while a 1 MB reply used to become 100 sends. A longer reply is refused whole, before anything
+is sent, with an error saying so."""
+
+MAX_FILES = 10
+"""Most files one reply may carry, for the same reasons: each is its own message and AppleScript call
+(200 files used to be 200 sends), and ten photos is a generous album on a phone. More is refused whole,
+before anything is sent."""
+
+_CHUNK_BYTES = 1 << 20
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 OUTBOX_NAME = "imessage-channel-outbox"
 """Staging folder under the Messages directory; each staged file gets its own `<uuid>/` folder."""
@@ -198,6 +216,12 @@ def parse_osascript_error(stderr: str) -> tuple[int | None, str]:
     match = _OSA_ERROR_NUMBER.search(last)
     message = _OSA_POSITION.sub("", last) if match else text
     return (int(match.group(1)) if match else None), message
+
+
+def _megabytes(size: int) -> str:
+    """`size` bytes as "N MB" (MiB, one decimal unless whole): "100 MB", "150.0 MB"."""
+    mb = size / 1024 / 1024
+    return f"{mb:.0f} MB" if mb == int(mb) else f"{mb:.1f} MB"
 
 
 def _timeout_text(timeout: float) -> str:
@@ -436,7 +460,9 @@ def _indentation(gap: str) -> str:
     return ""
 
 
-def chunk_text(text: str, limit: int = DEFAULT_CHUNK_LIMIT, mode: str = DEFAULT_CHUNK_MODE) -> list[str]:
+def chunk_text(
+    text: str, limit: int = DEFAULT_CHUNK_LIMIT, mode: str = DEFAULT_CHUNK_MODE, *, max_parts: int | None = None
+) -> list[str]:
     """Split `text` into message-sized parts of at most `limit` characters (Python code points).
 
     Semantics follow the official plugin's `chunk()` (`textChunkLimit`, `chunkMode` in access.json):
@@ -450,6 +476,9 @@ def chunk_text(text: str, limit: int = DEFAULT_CHUNK_LIMIT, mode: str = DEFAULT_
     which starts the next part. White-space-only parts are not returned, so a long
     all-white-space text yields `[]`. Hence: re-inserting white space at the boundaries of the
     parts gives back `text`, and every part has 1..limit characters.
+    With `max_parts`, chunking stops as soon as a part beyond `max_parts` is found, and the
+    `max_parts + 1` parts found so far come back: enough to tell the text does not fit, at a cost
+    bounded by `max_parts`, not by the text's length.
     Raises ValueError when `limit` < 1.
     """
     if limit < 1:
@@ -464,6 +493,8 @@ def chunk_text(text: str, limit: int = DEFAULT_CHUNK_LIMIT, mode: str = DEFAULT_
         piece, body = head.rstrip(), tail.lstrip()
         if piece:
             parts.append(piece)
+            if max_parts is not None and len(parts) > max_parts:
+                return parts
         gap = head[len(piece) :] + tail[: len(tail) - len(body)]
         rest = _indentation(gap) + body
     if rest.strip():
@@ -551,16 +582,63 @@ def _script(file: bool, participant: bool) -> str:
 
 @dataclass(frozen=True)
 class _Part:
-    payload: str  # the text, or the staged file's path
-    file: Path | None = None  # the original file, for file parts
+    payload: str  # the text, or the staged copy's path
+    file: Path | None = None  # the staged copy, for file parts
+
+
+def sqlite_files(db: Path) -> tuple[Path, ...]:
+    """`db` and its `-wal` and `-shm` companions (SQLite's WAL-mode file names): the files of chat.db
+    that `Sender(protected=…)` must never send."""
+    return (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm"))
+
+
+def check_reply_size(texts: int, files: int) -> None:
+    """Refuse a reply of more than `MAX_TEXT_PARTS` text parts or `MAX_FILES` files.
+
+    `texts` and `files` are counts. Raises `SendError` (not transient, `sent_parts` 0) whose message says
+    the limit and that nothing was sent.
+    """
+    if texts > MAX_TEXT_PARTS:
+        raise SendError(
+            f"reply too long: it would be {texts} text messages; a reply may be at most {MAX_TEXT_PARTS} "
+            "(it lands on a phone). Nothing was sent: shorten it.",
+            transient=False,
+        )
+    if files > MAX_FILES:
+        raise SendError(
+            f"too many files: {files}; a reply may carry at most {MAX_FILES}. Nothing was sent.", transient=False
+        )
+
+
+def _file_ids(path: Path) -> set[tuple[int, int]]:
+    """`(st_dev, st_ino)` of `path` and, for a symlink, of its target; empty when neither exists."""
+    ids = set()
+    for follow in (False, True):
+        try:
+            st = os.stat(path, follow_symlinks=follow)
+        except (OSError, ValueError):
+            continue
+        ids.add((st.st_dev, st.st_ino))
+    return ids
+
+
+def _check_kind(st: os.stat_result, name: str) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        raise SendError(f"cannot send a directory: {name}")
+    if stat.S_ISLNK(st.st_mode):
+        raise SendError(f"{name} was replaced by a symbolic link while being checked; not sent")
+    if not stat.S_ISREG(st.st_mode):
+        raise SendError(f"not a regular file: {name}")
 
 
 class Sender:
     """Sends one reply (text parts, then files) to one chat through a `Backend`.
 
-    `state_dir` is the channel's state (`IMESSAGE_STATE_DIR`): files inside it are never sent.
+    `state_dir` is the channel's state (`IMESSAGE_STATE_DIR`): no file in it is ever sent, whatever path
+    reaches it (see `check_file`). `protected` names more files never to send, by identity (device and
+    inode): the server passes chat.db and its -wal/-shm (`sqlite_files`).
     `messages_dir` is where staged copies go (`<messages_dir>/imessage-channel-outbox/<uuid>/`; default
-    `~/Library/Messages`).
+    `~/Library/Messages`). `max_file_bytes` caps each file (default `MAX_FILE_BYTES`, 100 MiB).
     `timeout` bounds each AppleScript call, in seconds. Calls to `send` are serialised.
     """
 
@@ -572,10 +650,14 @@ class Sender:
         messages_dir: Path | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         clock: Clock = SYSTEM,
+        protected: Sequence[Path] = (),
+        max_file_bytes: int = MAX_FILE_BYTES,
     ) -> None:
         self._backend = backend
         self._clock = clock
         self._state_dir = Path(state_dir).expanduser()
+        self._protected = tuple(Path(p).expanduser() for p in protected)
+        self._max_file_bytes = max_file_bytes
         self.outbox = Path(messages_dir or Path.home() / MESSAGES_DIR).expanduser() / OUTBOX_NAME
         self._timeout = timeout
         self._resolved: dict[str, _Target] = {}
@@ -597,8 +679,8 @@ class Sender:
         `chunk_limit` is clamped to 1..`MAX_CHUNK_LIMIT` (as the official plugin does). When a
         signature would push the last part over the limit, that part is split again so the
         signature fits. A white-space-only `text` sends no text part (and no signature).
-        Every file is checked before anything is sent (see `check_file`). Staged copies older
-        than `DEFAULT_STAGE_TTL` are cleaned up first.
+        Every file is checked and staged before anything is sent (see `send_parts`). Staged copies
+        older than `DEFAULT_STAGE_TTL` are cleaned up first.
 
         Raises `SendError` as `send_parts` does.
         """
@@ -609,58 +691,116 @@ class Sender:
         `files`, in order. Callers that must know the parts before sending (the echo filter, the
         outbox) compute them once and call this.
 
-        Raises `SendError`: nothing to send, an invalid chat id, a refused file (`sent_parts` 0),
+        Files first: each one is opened once, checked on the open descriptor and copied from it under
+        `~/Library/Messages` (`_stage`) before any text is sent, so a file swapped, grown or replaced by a
+        link after the check changes nothing that is sent, and a refused file means nothing was sent. When
+        a part fails, the copies of the files not yet handed to Messages are removed at once; copies
+        already handed over stay until `cleanup_staged` (Messages uploads them after the script returns).
+
+        Raises `SendError`: nothing to send, an invalid chat id, more than `MAX_TEXT_PARTS` texts or
+        `MAX_FILES` files, a refused file ("sent 0 of N parts; part k (file x) failed: …", `sent_parts` 0),
         or part k of N failing: "sent k-1 of N parts; part k failed: …" with `sent_parts` = k-1.
         """
         with self._lock:
             self.cleanup_staged(DEFAULT_STAGE_TTL)
             if not chat_guid.strip() or "\x00" in chat_guid:
                 raise SendError(f"invalid chat id {chat_guid!r}")
-            paths = [self.check_file(f) for f in files]
-            parts = [_Part(t) for t in texts] + [_Part("", p) for p in paths]
-            if not parts:
+            check_reply_size(len(texts), len(files))
+            total = len(texts) + len(files)
+            if not total:
                 raise SendError("nothing to send: the text is empty and no files were given")
+            staged = self._stage_all(files, first=len(texts) + 1, total=total)
+            parts = [_Part(t) for t in texts] + [_Part(str(p), p) for p in staged]
             guid_used = chat_guid
             for k, part in enumerate(parts, start=1):
                 try:
-                    payload = str(self._stage(part.file)) if part.file is not None else part.payload
-                    guid_used = self._deliver(chat_guid, payload, file=part.file is not None)
+                    guid_used = self._deliver(chat_guid, part.payload, file=part.file is not None)
                 except SendError as exc:
+                    self._discard([p.file for p in parts[k:] if p.file is not None])
                     what = f"part {k} (file {part.file.name})" if part.file is not None else f"part {k}"
-                    noun = "part" if len(parts) == 1 else "parts"
+                    noun = "part" if total == 1 else "parts"
                     raise SendError(
-                        f"sent {k - 1} of {len(parts)} {noun}; {what} failed: {exc.message}",
+                        f"sent {k - 1} of {total} {noun}; {what} failed: {exc.message}",
                         code=exc.code,
                         sent_parts=k - 1,
                         transient=exc.transient,
                     ) from exc
-            return SendResult(len(parts), len(parts), guid_used, tuple(texts))
+            return SendResult(total, total, guid_used, tuple(texts))
 
     def check_file(self, name: str) -> Path:
-        """Resolve `name` (symlinks followed, `~` expanded) and return the real path of a file we
-        may send.
+        """Check that `name` may be sent now; return its resolved path. Raises `SendError` if not.
 
-        Refused with `SendError`: a missing path; anything inside the state dir, judged after
-        resolving symlinks (official `assertSendable`: the server's own state is the one thing
-        Claude never needs to send); a directory or other non-regular file (a FIFO would hang the
-        copy); a file over `MAX_FILE_BYTES` (100 MiB).
+        The same checks `send_parts` makes, on the same kind of descriptor (see `_open_checked`), which is
+        closed again: a later send checks afresh, on the descriptor it copies from.
         """
+        fd, real = self._open_checked(name)
+        os.close(fd)
+        return real
+
+    def _open_checked(self, name: str) -> tuple[int, Path]:
+        """Open the file `name` names for reading and check the open descriptor; return (fd, resolved path).
+
+        Path rules, decided here: `name` must be absolute after `~` expansion (a relative path would
+        resolve against the server's working directory, which the caller cannot see). Symbolic links,
+        in the folders of the path and as its last component, are resolved once (`Path.resolve`), as a
+        shell would: `/tmp` is a link on macOS, and linking a file to share it is ordinary. The resolved
+        path is then opened with `O_NOFOLLOW`, so a last component swapped for a link after resolving
+        fails to open instead of being followed; a folder swapped for a link would still be followed,
+        which is why nothing below trusts the path: every check is on the descriptor.
+
+        Refused with `SendError`: a relative or missing path; a path inside the state dir (fast, by
+        name, after resolving); a directory, FIFO, device or socket (judged by `lstat` before opening,
+        so a FIFO or device is never opened, then by `fstat`; the open is non-blocking besides); a file
+        over `max_file_bytes` (by `fstat`); a file that *is* one of the state dir's files or a protected
+        file, by device and inode, which also catches hard links, bind mounts and other spellings of the
+        same path (case-insensitive APFS: `…/IMESSAGE/access.json`). The official server's
+        `assertSendable` refuses the state dir by path only.
+        """
+        path = Path(name).expanduser()
+        if not path.is_absolute():
+            raise SendError(f"not an absolute path: {name} (give files as absolute paths)")
         try:
-            real = Path(name).expanduser().resolve(strict=True)
-            st = real.stat()
+            real = path.resolve(strict=True)
+            before = os.lstat(real)
         except FileNotFoundError:
             raise SendError(f"file not found: {name}") from None
         except (OSError, RuntimeError, ValueError) as exc:
             raise SendError(f"cannot read file {name}: {exc}") from None
         if real.is_relative_to(self._state_dir.resolve()):
             raise SendError(f"refusing to send channel state: {name}")
-        if stat.S_ISDIR(st.st_mode):
-            raise SendError(f"cannot send a directory: {name}")
-        if not stat.S_ISREG(st.st_mode):
-            raise SendError(f"not a regular file: {name}")
-        if st.st_size > MAX_FILE_BYTES:
-            raise SendError(f"file too large: {name} ({st.st_size / 1024 / 1024:.1f} MB, max 100 MB)")
-        return real
+        _check_kind(before, name)
+        try:
+            fd = os.open(real, _OPEN_FLAGS)
+        except FileNotFoundError:
+            raise SendError(f"file not found: {name} (it disappeared while being checked)") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise SendError(f"{name} was replaced by a symbolic link while being checked; not sent") from None
+            raise SendError(f"cannot read file {name}: {exc.strerror or exc}") from None
+        try:
+            st = os.fstat(fd)
+            _check_kind(st, name)
+            if st.st_size > self._max_file_bytes:
+                raise SendError(
+                    f"file too large: {name} ({_megabytes(st.st_size)}, max {_megabytes(self._max_file_bytes)})"
+                )
+            if (st.st_dev, st.st_ino) in self._protected_ids():
+                raise SendError(f"refusing to send channel state: {name} is the same file as one of the channel's own")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, real
+
+    def _protected_ids(self) -> set[tuple[int, int]]:
+        """`(st_dev, st_ino)` of every entry under the state dir (and of the targets of links there: an
+        access.json kept elsewhere and linked in is still access.json) and of the `protected` files."""
+        ids: set[tuple[int, int]] = set()
+        for path in self._protected:
+            ids |= _file_ids(path)
+        for root, dirs, names in os.walk(self._state_dir):
+            for entry in (*dirs, *names):
+                ids |= _file_ids(Path(root) / entry)
+        return ids
 
     def cleanup_staged(self, older_than: float = DEFAULT_STAGE_TTL, *, now: float | None = None) -> int:
         """Delete staged copies whose folder is more than `older_than` seconds old (by mtime,
@@ -688,17 +828,66 @@ class Sender:
                 log.debug("could not remove staged %s: %s", entry.path, exc)
         return removed
 
-    def _stage(self, real: Path) -> Path:
-        """Copy `real` to `outbox/<uuid>/<name>`: Messages is sandboxed and silently drops files
-        outside `~/Library/Messages` (anthropics/claude-plugins-official#1113, design.md §6)."""
+    def _stage_all(self, files: Sequence[str], *, first: int, total: int) -> list[Path]:
+        """Stage each of `files` (`_stage`), all or none: on a failure the copies made so far are removed
+        and `SendError` says which part failed ("sent 0 of `total` parts; part k (file x) failed: …";
+        the first file is part `first`)."""
+        staged: list[Path] = []
+        for k, name in enumerate(files, start=first):
+            try:
+                staged.append(self._stage(name))
+            except SendError as exc:
+                self._discard(staged)
+                shown = Path(name).name or name
+                raise SendError(
+                    f"sent 0 of {total} parts; part {k} (file {shown}) failed: {exc.message}",
+                    sent_parts=0,
+                    transient=False,
+                ) from exc
+        return staged
+
+    def _stage(self, name: str) -> Path:
+        """Open and check `name` (`_open_checked`), then copy from that descriptor to
+        `outbox/<uuid>/<name>`: Messages is sandboxed and silently drops files outside `~/Library/Messages`
+        (anthropics/claude-plugins-official#1113, design.md §6). The copy stops, and is removed, past
+        `max_file_bytes` (a file growing while copied). Returns the copy's path. Raises `SendError`."""
+        fd, real = self._open_checked(name)
         folder = self.outbox / uuid.uuid4().hex
         try:
-            folder.mkdir(parents=True, mode=0o700)
-            staged = folder / real.name
-            shutil.copyfile(real, staged)
-        except OSError as exc:
-            raise SendError(f"could not stage {real.name} under {self.outbox}: {exc}") from None
+            try:
+                folder.mkdir(parents=True, mode=0o700)
+                staged = folder / real.name
+                self._copy(fd, staged, name)
+            except OSError as exc:
+                raise SendError(f"could not stage {real.name} under {self.outbox}: {exc}") from None
+        except SendError:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        finally:
+            os.close(fd)
         return staged
+
+    def _copy(self, fd: int, dest: Path, name: str) -> None:
+        """Copy what `fd` reads into the new file `dest` (0600, never through a link), at most
+        `max_file_bytes`; raises `SendError` when there is more, `OSError` on I/O errors."""
+        cap = self._max_file_bytes
+        out = os.open(dest, _CREATE_FLAGS, 0o600)
+        try:
+            copied = 0
+            while chunk := os.read(fd, min(_CHUNK_BYTES, cap + 1 - copied)):
+                copied += len(chunk)
+                if copied > cap:
+                    raise SendError(f"file too large: {name} grew past {_megabytes(cap)} while being copied")
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out, view) :]
+        finally:
+            os.close(out)
+
+    def _discard(self, staged: Sequence[Path]) -> None:
+        """Remove the staging folders of copies that will not be handed to Messages; never raises."""
+        for copy in staged:
+            shutil.rmtree(copy.parent, ignore_errors=True)
 
     def _deliver(self, chat_guid: str, payload: str, *, file: bool) -> str:
         """Run the send script for `payload` against each GUID form until one is accepted;
@@ -729,19 +918,33 @@ class Sender:
         )
 
 
-def text_parts(text: str, limit: int, mode: str, signature: str | None) -> list[str]:
-    """The exact texts `Sender.send` sends for `text`, in order: cleaned, chunked by `limit` (clamped
-    to 1..`MAX_CHUNK_LIMIT`) and `mode`, `signature` appended to the last part (which is split again
-    when the signature would not fit). Empty for white-space-only text. The server feeds these to the
-    echo filter before sending, so echoes are recognised part by part."""
+def text_parts(
+    text: str, limit: int, mode: str, signature: str | None, *, max_parts: int | None = MAX_TEXT_PARTS
+) -> list[str]:
+    """The exact texts `Sender.send` sends for `text`, in order: cleaned, chunked by `limit` and `mode`,
+    `signature` appended to the last part (which is split again when the signature would not fit). Empty
+    for white-space-only text. The server feeds these to the echo filter before sending, so echoes are
+    recognised part by part.
+
+    `limit` is characters per part: above `MAX_CHUNK_LIMIT` it is clamped (as the official plugin does),
+    below 1 it is ignored and `MAX_CHUNK_LIMIT` used (as `Access.effective_text_chunk_limit` does).
+    Raises `SendError` (nothing sent) when the text would be more than `max_parts` parts (default
+    `MAX_TEXT_PARTS`; None: no cap), after chunking no more of the text than it takes to know."""
     text = _clean_text(text)
     if not text.strip():
         return []
-    limit = max(1, min(limit, MAX_CHUNK_LIMIT))
-    parts = chunk_text(text, limit, mode)
+    limit = MAX_CHUNK_LIMIT if limit < 1 else min(limit, MAX_CHUNK_LIMIT)
+    parts = chunk_text(text, limit, mode, max_parts=max_parts)
     if signature:
         signature = _clean_text(signature)
         if len(parts[-1]) + len(signature) > limit and limit > len(signature):
             parts[-1:] = chunk_text(parts[-1], limit - len(signature), mode)
         parts[-1] = with_signature(parts[-1], signature)
+    if max_parts is not None and len(parts) > max_parts:
+        raise SendError(
+            f"reply too long: {len(text)} characters would be more than {max_parts} text messages of at most "
+            f"{limit} characters (textChunkLimit); a reply may be at most {max_parts} (it lands on a phone). "
+            "Nothing was sent: shorten it.",
+            transient=False,
+        )
     return parts

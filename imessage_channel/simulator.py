@@ -12,12 +12,15 @@ What it reproduces (design §4, checked against the real Ventura rows in `fixtur
 - text in `text` *and* `attributedBody`, or (Ventura+ default, macOS 26 always) only in the
   typedstream `attributedBody`, with one U+FFFC per attachment and file-transfer runs;
 - attachments in `attachment` + `message_attachment_join` (whose trigger sets
-  `cache_has_attachments`), files written under an attachments folder; downloads still in progress
+  `cache_has_attachments`), files written under an attachments folder; joins committed after the message,
+  one commit per file if asked (`attachment_joins=False` + `join_attachments(row, 1)`); downloads still in progress
   (`transfer_state` < 5, no file yet) that finish later (`finish_download`); voice messages
   (`is_audio_message`) and stickers (`attachment.is_sticker`);
-- tapbacks (`associated_message_type` 2000–2007 / 3000–3007, `p:0/GUID`), inline replies
+- tapbacks (`associated_message_type` 2000–2007 / 3000–3007, `p:0/GUID`) and stickers placed on a
+  bubble (1000), inline replies
   (`thread_originator_guid`), edits (`date_edited`, `message_summary_info` with `ec` history),
-  unsends (`date_retracted`, text cleared), group events (`item_type`), receipts (whitespace text),
+  unsends (`date_retracted`, text cleared), group events and other notices (`item_type` 1–6), receipts
+  (whitespace text),
   SMS/RCS rows, sent rows with `account` / `destination_caller_id`, `any;-;` GUIDs (macOS 26).
 
 Only columns present in the target schema are written, so every fixture version works.
@@ -25,6 +28,7 @@ Only columns present in the target schema are written, so every fixture version 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import plistlib
 import sqlite3
@@ -279,6 +283,7 @@ class MessagesSimulator:
         date: datetime | None = None,
         join: bool = True,
         attachment_joins: bool = True,
+        transfer_runs: bool = True,
         extra: dict[str, object] | None = None,
     ) -> RowRef:
         service = service or (chat.service if chat and chat.service != "any" else "iMessage")
@@ -287,7 +292,9 @@ class MessagesSimulator:
         guid = _guid()
         att_guids = [_guid() for _ in attachments]
         full = "\ufffc" * len(attachments) + text
-        runs = [AttributeRun(i, 1, {PART: i, TRANSFER: g}) for i, g in enumerate(att_guids)]
+        runs = [
+            AttributeRun(i, 1, {PART: i, **({TRANSFER: g} if transfer_runs else {})}) for i, g in enumerate(att_guids)
+        ]
         if text:
             runs.append(AttributeRun(len(attachments), utf16_len(text), {PART: len(attachments)}))
         body = encode_attributed_body(full, runs, mutable=True) if full else None
@@ -345,13 +352,22 @@ class MessagesSimulator:
         finally:
             self._end()
 
-    def join_attachments(self, row: RowRef) -> None:
-        """Write the `message_attachment_join` rows held back with `attachment_joins=False`."""
+    def join_attachments(self, row: RowRef, count: int | None = None) -> int:
+        """Write the `message_attachment_join` rows held back with `attachment_joins=False`, in one commit:
+        all of them, or only the next `count` (call again for the rest, as Messages commits joins one by
+        one). Returns how many are still held back."""
+        held = self._unjoined.get(row.rowid, [])
+        now, rest = (held, []) if count is None else (held[:count], held[count:])
         self._begin()
         try:
-            self._join_attachments(row.rowid, self._unjoined.pop(row.rowid, []))
+            self._join_attachments(row.rowid, now)
         finally:
             self._end()
+        if rest:
+            self._unjoined[row.rowid] = rest
+        else:
+            self._unjoined.pop(row.rowid, None)
+        return len(rest)
 
     def _join_attachments(self, message_rowid: int, attachment_rowids: Sequence[int]) -> None:
         for att in attachment_rowids:
@@ -415,13 +431,16 @@ class MessagesSimulator:
         date: datetime | None = None,
         join: bool = True,
         attachment_joins: bool = True,
+        transfer_runs: bool = True,
         audio_message: bool = False,
     ) -> RowRef:
         """An inbound message from `sender` in `chat` (`is_from_me = 0`). `body_only` keeps `text`
         NULL (Ventura+ behaviour); `reply_to` makes it an inline reply to that GUID; `join=False` /
         `attachment_joins=False` hold back its chat / attachment joins (see `join_chat`,
-        `join_attachments`), as Messages sometimes commits them later; `audio_message=True` sets
-        `is_audio_message` (a voice message recorded in Messages; attach its `.caf` file)."""
+        `join_attachments`), as Messages sometimes commits them later; `transfer_runs=False` leaves the
+        file-transfer GUIDs out of the attributedBody (only the U+FFFC count announces the files);
+        `audio_message=True` sets `is_audio_message` (a voice message recorded in Messages; attach its
+        `.caf` file)."""
         extra: dict[str, object] = {}
         if reply_to:
             extra = {"thread_originator_guid": reply_to, "thread_originator_part": "0:0:0"}
@@ -438,6 +457,7 @@ class MessagesSimulator:
             date=date,
             join=join,
             attachment_joins=attachment_joins,
+            transfer_runs=transfer_runs,
             extra=extra,
         )
 
@@ -501,6 +521,37 @@ class MessagesSimulator:
         return self._message(
             chat, text=f"{verb} a message", handle=sender, is_from_me=sender is None, date=date, extra=extra
         )
+
+    def place_sticker(
+        self,
+        chat: ChatRef,
+        sender: str | None,
+        target_guid: str,
+        sticker: AttachmentSpec,
+        *,
+        part: int = 0,
+        date: datetime | None = None,
+    ) -> RowRef:
+        """A sticker dragged onto the bubble of `target_guid`: `associated_message_type` 1000 with
+        `p:<part>/GUID`, the sticker as the row's attachment (one U+FFFC in the text), as imessage-exporter
+        reads such rows. `sender=None`: the owner's."""
+        extra = {
+            "associated_message_guid": f"p:{part}/{target_guid}",
+            "associated_message_type": 1000,
+            "associated_message_range_location": 0,
+            "associated_message_range_length": 1,
+        }
+        spec = dataclasses.replace(sticker, is_sticker=True)
+        return self._message(
+            chat, text="", handle=sender, is_from_me=sender is None, attachments=[spec], date=date, extra=extra
+        )
+
+    def notice(self, chat: ChatRef, actor: str, item_type: int, *, share_status: bool = False) -> RowRef:
+        """A notice row Messages writes with `item_type` (no text): 4 location sharing (`share_status`
+        False started / True stopped), 5 an audio message kept, 6 SharePlay/FaceTime; `group_event` writes
+        1–3."""
+        extra = {"item_type": item_type, "share_status": int(share_status), "other_handle": 0}
+        return self._message(chat, text="", handle=actor, is_from_me=False, extra=extra)
 
     def receipt(self, chat: ChatRef, sender: str) -> RowRef:
         """A whitespace-only row, as written for some delivery/read receipts."""

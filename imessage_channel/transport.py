@@ -6,6 +6,9 @@ channel needs are missing there, so this module provides both streams and hands 
 
 - `StdinLines` reads stdin on a *daemon* thread with raw `os.read`, so a server told to stop (SIGTERM, dead
   parent) while stdin is still open can exit: the SDK's reader keeps a non-daemon thread blocked until EOF.
+  It also screens every line (`wire.screen`, lines capped by `wire.LineSplitter`): the SDK drops a line it
+  cannot parse without answering, so malformed JSON-RPC is answered here, with its JSON-RPC 2.0 error
+  written through `StdoutLines`, and only valid messages reach the SDK, untouched.
 - `StdoutLines` owns file descriptor 1: it moves the real stdout to a private descriptor and points fd 1 at
   stderr, so a stray `print` or a child's output can never corrupt the JSON-RPC stream (design §3). Each
   line is written whole by one writer thread, and `on_written(line)` is called only *after* the line has
@@ -14,6 +17,7 @@ channel needs are missing there, so this module provides both streams and hands 
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import sys
@@ -24,47 +28,76 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
+from .wire import MAX_LINE_BYTES, LineSplitter, Oversized, Rejected, screen
+
+log = logging.getLogger("imessage_channel.transport")
+
 
 class StdinLines:
-    """Lines of the process's stdin, read by a daemon thread and handed to the event loop.
+    """Valid JSON-RPC lines of the process's stdin (or of descriptor `fd`), read by a daemon thread and
+    handed to the event loop.
 
     The SDK's own stdin reader blocks a (non-daemon) worker thread until a line or EOF arrives, so a
     server asked to stop by SIGTERM, or whose parent died while stdin stayed open, could not exit.
     Passing this to `stdio_server(stdin=…)` keeps stdin reading off the exit path. Iterate it with
     `async for`; iteration ends at EOF.
+
+    Each line is screened on the reading thread (`wire.screen`; parsing a long line never blocks the event
+    loop) and lines over `max_line_bytes` are discarded as they arrive (`wire.LineSplitter`). Only valid
+    messages are yielded, as they came; blank lines are skipped; for every other line the JSON-RPC error
+    response(s) are written to `replies` (the server's `StdoutLines`, so they share its one writer and its
+    order) when the iteration reaches that line, and a warning is logged.
     """
 
-    def __init__(self) -> None:
-        self._send, self._recv = anyio.create_memory_object_stream[str](64)
+    def __init__(
+        self, replies: StdoutLines | None = None, *, fd: int = 0, max_line_bytes: int = MAX_LINE_BYTES
+    ) -> None:
+        self._replies = replies
+        self._fd = fd
+        self._cap = max_line_bytes
+        self._send, self._recv = anyio.create_memory_object_stream[str | Rejected](64)
         self._token = anyio.lowlevel.current_token()
         threading.Thread(target=self._pump, name="stdin", daemon=True).start()
 
     def _pump(self) -> None:
         # Raw os.read on a private descriptor: a daemon thread blocked inside sys.stdin's buffered
         # reader holds its lock and aborts interpreter shutdown ("could not acquire lock").
-        fd = os.dup(0)
-        pending = b""
+        fd = os.dup(self._fd)
+        splitter = LineSplitter(self._cap)
         try:
             while chunk := os.read(fd, 65536):
-                *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
-                    anyio.from_thread.run(self._send.send, line.decode("utf-8", "replace"), token=self._token)
-            if pending:
-                anyio.from_thread.run(self._send.send, pending.decode("utf-8", "replace"), token=self._token)
+                for line in splitter.feed(chunk):
+                    self._forward(line)
+            for line in splitter.close():
+                self._forward(line)
             anyio.from_thread.run_sync(self._send.close, token=self._token)
         except (OSError, RuntimeError, anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the event loop is gone: the process is exiting
         finally:
             os.close(fd)
 
+    def _forward(self, line: bytes | Oversized) -> None:
+        verdict = line.rejected(self._cap) if isinstance(line, Oversized) else screen(line)
+        if verdict is None:
+            return
+        if isinstance(verdict, Rejected):
+            log.warning("stdin: refused a line: %s", verdict.reason)
+        anyio.from_thread.run(self._send.send, verdict, token=self._token)
+
     def __aiter__(self) -> StdinLines:
         return self
 
     async def __anext__(self) -> str:
-        try:
-            return await self._recv.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
+        while True:
+            try:
+                item = await self._recv.receive()
+            except anyio.EndOfStream:
+                raise StopAsyncIteration from None
+            if isinstance(item, str):
+                return item
+            if self._replies is not None:
+                for response in item.responses:
+                    await self._replies.write(response + "\n")
 
 
 class StdoutLines:

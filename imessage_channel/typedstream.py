@@ -12,15 +12,20 @@ Facts it rests on, re-checkable in public sources:
 - Format: python-typedstream by dgelessus (`typedstream/stream.py`, `archiving.py`), itself derived from
   Apple's `typedstream.m` in Darwin 0.1 (objc-1). Header: streamer version 4, an 11-byte signature
   (`streamtyped` = little-endian), system version (1000 on macOS). Integers: one signed byte unless a tag
-  (0x81 int16 follows, 0x82 int32 follows, 0x83 a float/double follows); 0x84 new, 0x85 nil, 0x86 end of
-  object; bytes 0x80-0x91 are tags; a reference is an integer `n` naming table entry `n + 110`, so 0x92 is
-  entry 0. Lengths (`+` strings, run lengths) are unsigned: a single byte 0x92-0xFF there means 146-255.
+  (0x81 int16 follows, 0x82 int32 follows, 0x87 int64 follows, 0x83 a float/double follows); 0x84 new,
+  0x85 nil, 0x86 end of object; bytes 0x80-0x91 are tags; a reference is an integer `n` naming table entry
+  `n + 110`, so 0x92 is entry 0. Lengths (`+` strings, run lengths) are unsigned: a single byte 0x92-0xFF
+  there means 146-255.
 - Runs: after the string, `NSAttributedString` archives groups typed `iI` = (attribute dictionary number,
   run length in UTF-16 code units). Dictionaries are numbered from 1 in order of first use; a number seen
   before reuses that dictionary and no dictionary object follows. Run starts are implicit: each run
   begins where the previous one ended. (ReagentX/imessage-exporter `imessage-database/src/tables/
   messages/body.rs` and its crabstep test data; checked against two real Ventura blobs from
   xevg/imessagedb, kept in `tests/test_typedstream.py`.)
+- `0x87`: NSArchiver writes an 8-byte little-endian integer after it for an NSNumber `q`/`Q` whose value
+  does not fit 32 bits (ReagentX/crabstep `deserializer/constants.rs` `I_64` and its
+  `test_data/foundation/NumberInt64`, which archives -9 000 000 000). python-typedstream does not know the tag;
+  a reader without it stops at the first such number and loses every run after it.
 - The string's bytes are UTF-8 and their length is in UTF-8 bytes; it is never found by searching for
   0x86 0x84, a pair that occurs inside the UTF-8 of U+2184, U+3184 and U+1F184.
 
@@ -60,6 +65,7 @@ _TAG_FLOAT: Final = -125  # 0x83
 _TAG_NEW: Final = -124  # 0x84
 _TAG_NIL: Final = -123  # 0x85
 _TAG_END: Final = -122  # 0x86
+_TAG_INT64: Final = -121  # 0x87
 _FIRST_TAG: Final = -128  # 0x80
 _LAST_TAG: Final = -111  # 0x91
 _REFERENCE_BIAS: Final = -110  # 0x92: the head byte of reference number 0
@@ -81,8 +87,8 @@ _INT_TYPES: Final = {
     "I": (0, (1 << 32) - 1),
     "l": (-(1 << 31), (1 << 31) - 1),
     "L": (0, (1 << 32) - 1),
-    "q": (-(1 << 31), (1 << 31) - 1),  # typedstream integers are at most 4 bytes (0x82 tag)
-    "Q": (0, (1 << 32) - 1),
+    "q": (-(1 << 63), (1 << 63) - 1),  # beyond 32 bits: the 0x87 tag and 8 bytes (crabstep NumberInt64)
+    "Q": (0, (1 << 64) - 1),
 }
 
 
@@ -250,6 +256,8 @@ class _Parser:
             return int.from_bytes(self._take(2), self.order, signed=signed)
         if head == _TAG_INT32:
             return int.from_bytes(self._take(4), self.order, signed=signed)
+        if head == _TAG_INT64:
+            return int.from_bytes(self._take(8), self.order, signed=signed)
         if _FIRST_TAG <= head <= _LAST_TAG:
             raise _Malformed(f"tag {head & 0xFF:#x} where an integer belongs")
         return head if signed else head & 0xFF
@@ -824,17 +832,22 @@ class _Writer:
         self._c_strings: dict[bytes, int] = {}
         self._shared: dict[tuple[Any, ...], int] = {}
 
-    def integer(self, value: int) -> None:
+    def integer(self, value: int, *, signed: bool = False) -> None:
+        """The shortest form of `value`: one byte, or a tag and 2, 4 or 8 bytes. `signed`: the reader
+        reads this value as a signed type (an NSNumber `q`), so 4 bytes only hold up to 2**31 - 1."""
         if -110 <= value <= 127:
             self.out.append(value & 0xFF)
         elif -(1 << 15) <= value < (1 << 15):
             self.out.append(0x81)
             self.out += value.to_bytes(2, "little", signed=True)
-        elif -(1 << 31) <= value < (1 << 32):
+        elif -(1 << 31) <= value < (1 << (31 if signed else 32)):
             self.out.append(0x82)
             self.out += value.to_bytes(4, "little", signed=value < 0)
+        elif -(1 << 63) <= value < (1 << (63 if signed else 64)):
+            self.out.append(0x87)
+            self.out += value.to_bytes(8, "little", signed=value < 0)
         else:
-            raise ValueError(f"integer {value} does not fit a typedstream (32 bits at most)")
+            raise ValueError(f"integer {value} does not fit a typedstream (64 bits at most)")
 
     def _reference(self, index: int) -> None:
         self.integer(index + _REFERENCE_BIAS)
@@ -914,7 +927,7 @@ class _Writer:
             elif type_code in ("c", "C"):
                 self.out.append(packed & 0xFF)
             else:
-                self.integer(packed)
+                self.integer(packed, signed=type_code.islower())
             self.end_object()
 
     def url(self, value: str) -> None:
@@ -1007,8 +1020,9 @@ def encode_attributed_body(text: str, runs: Sequence[AttributeRun] | None = None
     `mutable=True` writes NSMutableAttributedString + NSMutableString (reference row 1, newer macOS);
     the default writes NSAttributedString + NSString (reference row 2).
 
-    Raises ValueError when the runs do not tile the text, a value is None or an integer does not fit in
-    32 bits, UnicodeEncodeError (a ValueError) for lone surrogates, TypeError for unsupported values.
+    Raises ValueError when the runs do not tile the text, a value is None or an integer does not fit its
+    NSNumber type (32 bits for `i`, 64 bits for an `NSNumberInt` of type `q`/`Q`, written after the 0x87
+    tag), UnicodeEncodeError (a ValueError) for lone surrogates, TypeError for unsupported values.
     """
     total = utf16_len(text)
     if runs is None:

@@ -25,7 +25,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime, tzinfo
+from datetime import tzinfo
 from typing import TextIO
 
 from .access import AccessStore
@@ -41,8 +41,6 @@ PREVIEW_CHARS = 48
 HOLD_RETRY_S = 0.05
 """How soon to look again while a row waits for its chat join (as the server does)."""
 
-REPLAY_SINCE = datetime.min.replace(tzinfo=UTC)
-"""`catchup_since` for replayed rows: no age limit."""
 
 DEFAULT_ONCE_ROWS = 20
 """Rows `--once` replays when neither `--last` nor `--from-rowid` is given."""
@@ -83,9 +81,16 @@ DROPPED: dict[str, tuple[str, _Hint | None]] = {
     "self-chat-copy": ("second copy of a self-chat text", None),
     "receipt": ("receipt, no text", None),
     "group_event": ("group event", None),
+    "location_sharing": ("a notice that location sharing started or stopped; the location is not in chat.db", None),
+    "audio_kept": ("a notice that someone kept an audio message", None),
+    "shareplay": ("a SharePlay/FaceTime notice", None),
+    "other_event": ("a Messages notice of a kind this version does not know", None),
     "unsend": ("unsent message", None),
     "no-chat": ("Messages never joined it to a chat", None),
-    "backfill": ("backfill: an old message re-inserted by iCloud sync or a rebuild", None),
+    "unsafe-id": ("its GUID or chat GUID holds characters that could forge meta", None),
+    "unreadable": ("the row could not be decoded (see the log)", None),
+    "backfill": ("backfill: an old message re-inserted by iCloud sync or a rebuild (a storm of late rows)", None),
+    "too-old": ("dated before the catch-up window: history, not news", None),
     "icloud-duplicate": ("second copy of a message iCloud wrote twice", None),
     "already-delivered": ("already delivered", None),
     "catch-up-too-old": ("arrived while the channel was stopped, too old to deliver now", None),
@@ -109,7 +114,7 @@ def decision_words(d: RowDecision) -> str:
         return "permission answer"
     if d.verdict == "hold":
         if d.reason == "waiting-for-attachments":
-            return "waiting: its attachments are still downloading"
+            return "waiting: Messages has not joined all of its files to it yet"
         return "waiting: Messages has not joined it to a chat yet"
     return f"{d.verdict}: {d.reason.replace('-', ' ')}"
 
@@ -194,8 +199,7 @@ def _run(args: argparse.Namespace, last: int | None, from_rowid: int | None) -> 
             dry_run=True,
             # Replayed rows are judged as if they had just arrived, whatever their age: the question
             # is what the gate makes of them. Rows arriving while watching get the backfill guard.
-            catchup_until=db.max_rowid(),
-            catchup_since=REPLAY_SINCE,
+            replay_until=db.max_rowid(),
         )
         if not owner:
             print("note: no owner handles found in chat.db, so self-chat cannot be recognised", file=sys.stderr)

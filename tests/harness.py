@@ -157,6 +157,17 @@ class ServerProcess:
         self.proc.stdin.write((json.dumps(message) + "\n").encode())
         self.proc.stdin.flush()
 
+    def send_raw(self, data: bytes) -> None:
+        """Write `data` to the server's stdin exactly as given: malformed, partial or several lines."""
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def errors(self) -> list[dict[str, Any]]:
+        """Every JSON-RPC error response the server wrote, in order (including those with `id: null`)."""
+        with self._cond:
+            return [m for m in (json.loads(line) for line in self._raw) if "error" in m and "method" not in m]
+
     def request(self, method: str, params: dict[str, Any] | None = None, timeout: float = 15) -> dict[str, Any]:
         """Send a request and return its whole response message (with `result` or `error`)."""
         self._next_id += 1
@@ -225,6 +236,10 @@ class ServerProcess:
     def wait_event(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15) -> dict[str, Any]:
         """Block until a channel event matching `predicate` arrived; return it."""
         return self._wait(lambda: next((e for e in self.events() if predicate(e)), None), timeout, "a matching event")
+
+    def wait_log(self, text: str, timeout: float = 15) -> str:
+        """Block until the server's stderr contains `text`; return the whole log."""
+        return self._wait(lambda: log if text in (log := self.stderr()) else None, timeout, f"{text!r} in the log")
 
     def wait_notification(self, method: str, timeout: float = 15) -> dict[str, Any]:
         return self._wait(lambda: (n := self.notifications(method)) and n[-1], timeout, method)

@@ -288,6 +288,8 @@ def test_the_instructions_explain_every_new_attribute(world: World) -> None:
         "unsend",
         '`kind="attachment"`',
         "original",
+        "catch_up",
+        "late",
     ):
         assert word in text, word
     assert world.init["capabilities"]["experimental"] == {"claude/channel": {}, "claude/channel/permission": {}}
