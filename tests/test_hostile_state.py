@@ -39,6 +39,7 @@ from imessage_channel import doctor, statefile
 from imessage_channel.access import Access, AccessStore, AccessUnavailableError, allow
 from imessage_channel.cli import main
 from imessage_channel.clock import ManualClock
+from imessage_channel.delivery import parse_state
 from imessage_channel.doctor import Status
 from imessage_channel.handles import CountryCodeNeeded, HandleError, normalize_handle, parse_handle, pick_region
 from tests.test_durability import FRIEND, Rig
@@ -332,6 +333,29 @@ def test_an_unreadable_outbox_is_left_in_place_and_never_overwritten(rig: Rig) -
     assert (blocker / "keep").read_text() == "whatever was here" and not asides(state(rig), "outbox.json")
     assert "left where it is" in server.stderr()
     assert os.path.isdir(blocker)
+
+
+@pytest.mark.parametrize(
+    ("doc", "last_active"),
+    [
+        ({"version": 1, "db": "x", "rowid": 3, "last_active": 42}, 42),
+        ({"version": 1, "db": "x", "rowid": 3, "newest_date": 41}, 41),
+        ({"version": 1, "db": "x", "rowid": 3}, None),
+    ],
+    ids=["last-active", "older-file-with-newest-date", "neither"],
+)
+def test_delivery_state_reads_last_active_and_the_older_newest_date(doc: dict, last_active: int | None) -> None:
+    assert parse_state(json.dumps(doc).encode()).last_active == last_active
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [{"last_active": "soon"}, {"rowid": -1}, {"rowid": True}, {"edge_guid": "has space"}, {"db": None}],
+    ids=["last-active-a-word", "negative-rowid", "rowid-a-bool", "guid-with-a-space", "no-db"],
+)
+def test_delivery_state_of_the_wrong_types_is_refused(fault: dict) -> None:
+    with pytest.raises(ValueError):
+        parse_state(json.dumps({"version": 1, "db": "x", "rowid": 3, **fault}).encode())
 
 
 # --- item 5: in-place edits of access.json ------------------------------------------------------------------
