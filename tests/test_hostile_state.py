@@ -375,9 +375,10 @@ def write_in_place(path: Path, text: str) -> object:
 def test_an_access_json_read_mid_write_keeps_the_last_good_settings_then_takes_the_new_ones(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    clock = ManualClock()
+    path = tmp_path / "access.json"
+    path.write_text(json.dumps({"allowFrom": [ALICE]}))
+    clock = ManualClock(datetime.fromtimestamp(path.stat().st_mtime, UTC))  # the file system's "now"
     store = AccessStore(tmp_path, clock=clock)
-    store.path.write_text(json.dumps({"allowFrom": [ALICE]}))
     assert store.load().allow_from == (ALICE,)
     with caplog.at_level(logging.WARNING, logger="imessage_channel.access"):
         fh = write_in_place(store.path, '{"allowFrom": ["+15551234567", "bob@exa')
