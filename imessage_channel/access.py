@@ -32,35 +32,39 @@ Differences from the official server, all deliberate:
 - writes are atomic *and* fsynced, file 0600, directory 0700, and read-modify-write holds an advisory
   lock (`locked`) shared with our CLI;
 - a corrupt file is moved aside under a UTC-timestamped name that never overwrites an earlier one, and
-  "corrupt" also covers a file of the wrong shape (the official server only catches invalid JSON);
-- handles are compared through `imessage_channel.handles.normalize_handle` and stored normalised.
+  "corrupt" also covers a file of the wrong shape (the official server only catches invalid JSON); a file
+  that does not parse is judged only once it has been unchanged for `QUIET_S` (it may be mid-write), and
+  the last good configuration stays in force meanwhile;
+- an unreadable file (permissions, a directory, EIO) is never moved aside nor overwritten;
+- handles are compared through `imessage_channel.handles.normalize_handle` and stored normalised; every
+  `allowFrom` entry is validated on load (`handles.parse_handle`, phone numbers read in the owner's region
+  and kept in E.164): one that is not a handle is ignored with a log line, kept in the file, and the rest
+  of the file applies.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import itertools
 import json
 import logging
 import os
 import secrets
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from imessage_channel import statefile
 from imessage_channel.clock import SYSTEM, Clock
-from imessage_channel.handles import normalize_handle
+from imessage_channel.handles import HandleError, Region, normalize_handle, parse_handle
 from imessage_channel.patterns import pattern_error
+from imessage_channel.statefile import StatKey, stat_key
 
 log = logging.getLogger("imessage_channel.access")
 
 ACCESS_FILE = "access.json"
-LOCK_FILE = "access.json.lock"
 APPROVED_DIR = "approved"
 
 #: Pairing limits from the official server.ts: a code is 3 random bytes as 6 lowercase hex chars,
@@ -122,13 +126,16 @@ class GroupPolicy:
     """`groups[<chat GUID>]`: a group chat the owner opted in.
 
     `require_mention` (`requireMention`, default true): deliver only texts matching a `mentionPatterns`
-    regex. `allow_from` (`allowFrom`, default empty = any member): senders allowed to trigger.
-    `extra` keeps keys this version does not know, so a write does not lose them.
+    regex. `allow_from` (`allowFrom`, default empty = any member): senders allowed to trigger, as
+    `handles.parse_handle` canonicalises them. `invalid`: entries of the file's `allowFrom` that are not
+    handles (ignored, but written back so a write never loses them). `extra` keeps keys this version does
+    not know, so a write does not lose them.
     """
 
     require_mention: bool = True
     allow_from: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
+    invalid: tuple[object, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +160,9 @@ class Access:
 
     Optional keys the file may omit (`mentionPatterns`, `textChunkLimit`, `chunkMode`,
     `appendSignature`, `signature`) are `None` when absent and are then not written back. `extra` holds unknown
-    top-level keys.
+    top-level keys. `allow_from` holds the handles of `allowFrom` in canonical form (`handles.parse_handle`);
+    `invalid` the entries that are not handles (never matched, written back as they were); `problems` one
+    sentence per such entry, top level or in a group (for the log).
     """
 
     dm_policy: DmPolicy = DmPolicy.ALLOWLIST
@@ -166,6 +175,8 @@ class Access:
     append_signature: bool | None = None
     signature: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    invalid: tuple[object, ...] = ()
+    problems: tuple[str, ...] = ()
 
     @property
     def effective_text_chunk_limit(self) -> int:
@@ -188,13 +199,19 @@ class Access:
         return self.chunk_mode or ChunkMode.LENGTH
 
     @classmethod
-    def from_json(cls, data: object) -> Access:
+    def from_json(cls, data: object, region: Region = None) -> Access:
         """Build an `Access` from parsed access.json; missing keys (or JSON `null`) take defaults.
+
+        Each `allowFrom` entry (top level and per group) is validated with `handles.parse_handle` in
+        `region` (national numbers need it): a valid one is kept in canonical form (E.164, lowercased
+        email), one that is not a handle (`junk`, `a@b`, a national number with no region, a non-string)
+        is ignored and named in `problems`; the rest of the file still applies.
 
         Raises `AccessShapeError` when a known key has the wrong type or an out-of-schema value
         (e.g. `dmPolicy: "open"`, `allowFrom: "x"`), or when `data` is not an object.
         """
         obj = _obj(data, "access.json")
+        problems: list[str] = []
         policy = obj.get("dmPolicy")
         if policy is not None and policy not in DmPolicy._value2member_map_:
             raise AccessShapeError(f"dmPolicy: expected one of allowlist|pairing|disabled, got {policy!r}")
@@ -211,11 +228,12 @@ class Access:
         signature_text = obj.get("signature")
         if signature_text is not None and not isinstance(signature_text, str):
             raise AccessShapeError(f"signature: expected a string, got {signature_text!r}")
+        allow_from, invalid = _handles(obj.get("allowFrom"), "allowFrom", region, problems)
         return cls(
             dm_policy=DmPolicy(policy) if policy is not None else DmPolicy.ALLOWLIST,
-            allow_from=_strings(obj.get("allowFrom"), "allowFrom"),
+            allow_from=allow_from,
             groups={
-                guid: _group_from_json(g, f"groups[{guid!r}]")
+                guid: _group_from_json(g, f"groups[{guid!r}]", region, problems)
                 for guid, g in _obj(obj.get("groups", {}) or {}, "groups").items()
             },
             pending={
@@ -228,6 +246,8 @@ class Access:
             append_signature=signature,
             signature=signature_text,
             extra={k: v for k, v in obj.items() if k not in _KNOWN_KEYS},
+            invalid=invalid,
+            problems=tuple(problems),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -235,9 +255,9 @@ class Access:
         unknown keys (top level, per group, per pending entry) kept."""
         out: dict[str, Any] = {
             "dmPolicy": self.dm_policy.value,
-            "allowFrom": list(self.allow_from),
+            "allowFrom": [*self.allow_from, *self.invalid],
             "groups": {
-                guid: {"requireMention": g.require_mention, "allowFrom": list(g.allow_from), **g.extra}
+                guid: {"requireMention": g.require_mention, "allowFrom": [*g.allow_from, *g.invalid], **g.extra}
                 for guid, g in self.groups.items()
             },
             "pending": {
@@ -301,15 +321,40 @@ def _number(value: object, where: str) -> int:
     return int(value)
 
 
-def _group_from_json(value: object, where: str) -> GroupPolicy:
+def _handles(
+    value: object, where: str, region: Region, problems: list[str]
+) -> tuple[tuple[str, ...], tuple[object, ...]]:
+    """(valid handles in canonical form, deduplicated; entries that are not handles) of an `allowFrom`
+    list; one sentence per invalid entry is appended to `problems`. Raises `AccessShapeError` when
+    `value` is not a list (None is an empty one)."""
+    if value is None:
+        return (), ()
+    if not isinstance(value, list):
+        raise AccessShapeError(f"{where}: expected a list of handles, got {value!r}")
+    valid: dict[str, None] = {}
+    invalid: list[object] = []
+    for item in value:
+        try:
+            if not isinstance(item, str):
+                raise HandleError(f"{item!r} is not a handle: not a string")
+            valid[parse_handle(item, region)] = None
+        except HandleError as exc:
+            invalid.append(item)
+            problems.append(f"{where}: {exc.brief}")
+    return tuple(valid), tuple(invalid)
+
+
+def _group_from_json(value: object, where: str, region: Region, problems: list[str]) -> GroupPolicy:
     obj = _obj(value, where)
     require = obj.get("requireMention")
     if require is not None and not isinstance(require, bool):
         raise AccessShapeError(f"{where}.requireMention: expected a boolean, got {require!r}")
+    allow_from, invalid = _handles(obj.get("allowFrom"), f"{where}.allowFrom", region, problems)
     return GroupPolicy(
         require_mention=True if require is None else require,
-        allow_from=_strings(obj.get("allowFrom"), f"{where}.allowFrom"),
+        allow_from=allow_from,
         extra={k: v for k, v in obj.items() if k not in ("requireMention", "allowFrom")},
+        invalid=invalid,
     )
 
 
@@ -486,178 +531,238 @@ def static_mode() -> bool:
     return os.environ.get("IMESSAGE_ACCESS_MODE") == "static"
 
 
-def _ensure_dir(path: Path) -> None:
-    """Create `path` (and parents) with mode 0700; tighten an existing one we own to 0700."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with contextlib.suppress(PermissionError):
-        os.chmod(path, 0o700)
+locked = statefile.locked
+"""`statefile.locked`: the advisory lock `<state>/access.json.lock` shared by `AccessStore.update`, the CLI
+and every move-aside in the state dir."""
 
 
-@contextlib.contextmanager
-def locked(state: Path) -> Iterator[None]:
-    """Hold the exclusive advisory lock `<state>/access.json.lock` (fcntl.flock) for a read-modify-write.
-
-    Shared by `AccessStore.update` and the CLI; it blocks until the lock is free. Not re-entrant:
-    a second `locked` in the same process while the first is held deadlocks (flock locks belong to
-    the open file). Creates the state directory (0700) and the lock file (0600) when missing.
-    """
-    _ensure_dir(state)
-    fd = os.open(state / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
+class AccessUnavailableError(RuntimeError):
+    """access.json cannot be used right now: it exists but cannot be read (permissions, a directory in its
+    place, EIO; `str(err)` names the file, the reason and the fix, `statefile.unreadable_help`), or it changed
+    moments ago and does not parse yet (another program may be writing it; try again in a few seconds)."""
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically: temp file in the same directory, fsync, os.replace, 0600."""
-    _ensure_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+QUIET_S = 2.0
+"""How long an access.json that does not parse must stay unchanged before it is judged corrupt and moved
+aside. An editor that writes the file in place (truncate, then write) is read mid-write now and then; its
+write is over within milliseconds, so 2 s of quiet means nobody is writing it any more."""
 
 
-_StatKey = tuple[int, int, int]
+@dataclass(slots=True)
+class _Unsettled:
+    """An access.json version (`key`) that failed to parse, first seen at `since` (monotonic seconds)."""
 
-
-def _stat_key(path: Path) -> _StatKey | None:
-    try:
-        st = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):  # no file, or the state dir path is not a folder
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
+    key: StatKey
+    since: float
+    logged: bool = False
 
 
 class AccessStore:
     """access.json in `state` (see `state_dir`), re-read when it changes.
 
     `load()` is cheap to call per inbound message: the parsed `Access` is cached by the file's
-    `(st_mtime_ns, st_size, st_ino)` and parsed again only when that changes (the official server
-    re-reads on every message; ACCESS.md: edits apply without a restart).
+    `statefile.StatKey` (mtime, size, inode, ctime) and parsed again only when that changes (the official
+    server re-reads on every message; ACCESS.md: edits apply without a restart).
 
     With `static=True` (env `IMESSAGE_ACCESS_MODE=static`) the file is read once, here, and never
     re-read or written; as in server.ts, a `pairing` policy is downgraded to `allowlist` (pairing
     needs runtime writes) and pending codes are dropped. `save`/`update` then raise
     `AccessReadOnlyError`.
 
-    A file that is not JSON or not of the schema's shape is moved aside to
-    `access.json.corrupt-<UTC timestamp>` (never over an existing file), a warning is logged on
-    logger "imessage_channel.access", and the defaults are used. An unreadable file (permissions)
-    raises `OSError`. Regexes in `mentionPatterns` that RE2 cannot compile (`imessage_channel.patterns`) and a
-    `textChunkLimit` out of 1..10000 are logged once per new file version; the gate skips such regexes and
-    `Access.effective_text_chunk_limit` corrects the limit.
+    A file that is not JSON or not of the schema's shape may be one read mid-write (an editor writing it in
+    place). Until it has stayed unchanged for `QUIET_S` (by its mtime, or by how long this version has been
+    seen; both from the injected clock) the last good configuration stays in force (the defaults if there
+    was none), one warning is logged, and `update()` raises `AccessUnavailableError` rather than replace a
+    file someone is writing. A file still invalid once quiet is re-read, then moved aside to
+    `access.json.corrupt-<UTC timestamp>` (never over an existing file, `statefile.move_aside`) with a
+    warning on logger "imessage_channel.access", and the defaults are used.
+
+    An unreadable file (another owner's 0600 file after `sudo imessage-channel access …`, a directory, EIO)
+    is left where it is: `load()` returns the defaults (self-chat needs no access.json; everyone else is
+    dropped) and logs one warning naming the fix, and one line when it can be read again; `update()` raises
+    `AccessUnavailableError` rather than replace a file it could not read. Regexes in `mentionPatterns` that
+    RE2 cannot compile (`imessage_channel.patterns`), a `textChunkLimit` out of 1..10000 and `allowFrom`
+    entries that are not handles are logged once per new file version; the gate skips such regexes and
+    entries, and `Access.effective_text_chunk_limit` corrects the limit.
     """
 
-    def __init__(self, state: Path, *, static: bool = False, clock: Clock = SYSTEM) -> None:
+    def __init__(self, state: Path, *, static: bool = False, clock: Clock = SYSTEM, region: Region = None) -> None:
         self.state_dir = state
         self.clock = clock
+        self.region = region
         self.path = state / ACCESS_FILE
         self.static = static
-        self._cached: tuple[_StatKey | None, Access] | None = None
+        self._cached: tuple[StatKey | None, Access] | None = None
         self._boot: Access | None = None
+        self._unreadable: tuple[int | None, str] | None = None
+        self._unsettled: _Unsettled | None = None
+        self._stuck: StatKey | None = None
         if static:
-            boot = self._read(holding_lock=False)
-            if boot.dm_policy is DmPolicy.PAIRING:
-                log.warning('static mode: dmPolicy "pairing" downgraded to "allowlist"')
-                boot = replace(boot, dm_policy=DmPolicy.ALLOWLIST)
-            self._boot = replace(boot, pending={})
+            self._try_boot()
+
+    def _try_boot(self) -> None:
+        """Static mode: freeze the first configuration read. An unreadable file is retried at each `load`
+        until it can be read once."""
+        boot, problem = self._examine(holding_lock=False)
+        if problem is not None:
+            return
+        if boot.dm_policy is DmPolicy.PAIRING:
+            log.warning('static mode: dmPolicy "pairing" downgraded to "allowlist"')
+            boot = replace(boot, dm_policy=DmPolicy.ALLOWLIST)
+        self._boot = replace(boot, pending={})
 
     @classmethod
-    def from_env(cls) -> AccessStore:
-        """The store for `state_dir()`, static when `static_mode()`."""
-        return cls(state_dir(), static=static_mode())
+    def from_env(cls, region: Region = None) -> AccessStore:
+        """The store for `state_dir()`, static when `static_mode()`; `region` reads national numbers."""
+        return cls(state_dir(), static=static_mode(), region=region)
 
-    def load(self) -> Access:
-        """The current access (defaults when the file is missing); see the class docstring."""
+    def load(self, *, strict: bool = False) -> Access:
+        """The current access (defaults when the file is missing or unreadable); never raises unless
+        `strict`, which raises `AccessUnavailableError` instead of returning defaults for an unreadable file
+        (for the CLI, which must not show defaults as if they were the file). See the class docstring."""
         if self._boot is not None:
             return self._boot
-        return self._read(holding_lock=False)
+        if self.static:
+            self._try_boot()
+            if self._boot is not None:
+                return self._boot
+        access, problem = self._examine(holding_lock=False)
+        if strict and problem is not None:
+            raise problem
+        return access
 
     def save(self, access: Access) -> None:
-        """Write `access` atomically (temp + fsync + os.replace; file 0600, directory 0700), as 2-space
+        """Write `access` atomically (`statefile.atomic_write`: file 0600, directory 0700), as 2-space
         indented JSON with a trailing newline. Prefer `update` when the write depends on a read."""
         if self.static:
             raise AccessReadOnlyError("access.json is static (IMESSAGE_ACCESS_MODE=static); not writing")
         text = json.dumps(access.to_json(), indent=2, ensure_ascii=False) + "\n"
-        _atomic_write(self.path, text.encode("utf-8"))
-        self._cached = (_stat_key(self.path), access)
+        statefile.atomic_write(self.path, text.encode("utf-8"))
+        self._cached = (stat_key(self.path), access)
 
     def update(self, fn: Callable[[Access], Access]) -> Access:
         """Read-modify-write under `locked(state_dir)`: `fn(current)` is saved (unless it returns the
-        very object it got) and returned. Serialises with other processes using the same lock."""
+        very object it got) and returned. Serialises with other processes using the same lock.
+        Raises `AccessUnavailableError` when access.json exists but cannot be read (nothing is written),
+        `OSError` when the lock or the write fails."""
         if self.static:
             raise AccessReadOnlyError("access.json is static (IMESSAGE_ACCESS_MODE=static); not writing")
         with locked(self.state_dir):
-            current = self._read(holding_lock=True)
+            current, problem = self._examine(holding_lock=True)
+            if problem is not None:
+                raise problem
             new = fn(current)
             if new is not current:
                 self.save(new)
             return new
 
     def _read(self, *, holding_lock: bool) -> Access:
-        key = _stat_key(self.path)
-        cached = self._cached
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        if key is None:
-            access = Access()
-        else:
+        return self._examine(holding_lock=holding_lock)[0]
+
+    def _examine(self, *, holding_lock: bool) -> tuple[Access, AccessUnavailableError | None]:
+        """(the access in force, the reason it is the defaults when access.json cannot be read)."""
+        for _ in range(3):  # a corrupt file moved aside, then whatever a writer put there meanwhile
             try:
-                access = Access.from_json(json.loads(self.path.read_bytes()))
-            except FileNotFoundError:  # deleted between stat and read: same as missing
-                return Access()
-            except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, AccessShapeError
-                self._move_corrupt_aside(key, exc, holding_lock=holding_lock)
-                return self._read(holding_lock=holding_lock)  # now missing, or a writer's new file
-            _log_bad_patterns(access.mention_patterns or ())
-            _log_bad_chunk_limit(access.text_chunk_limit)
-        self._cached = (key, access)
-        return access
+                key = stat_key(self.path)
+                cached = self._cached
+                if cached is not None and cached[0] == key:
+                    return cached[1], None
+                data = statefile.read(self.path) if key is not None else None
+            except OSError as exc:  # statefile.Unreadable, or the state folder itself is unreadable
+                return Access(), self._note_unreadable(exc)
+            self._note_readable()
+            if data is None:
+                access = Access()
+            else:
+                try:
+                    access = Access.from_json(json.loads(data), self.region)
+                except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, AccessShapeError
+                    assert key is not None
+                    if key == self._stuck:  # corrupt, settled, and it could not be moved aside: said so once
+                        return Access(), None
+                    if not self._settled(key):
+                        return (cached[1] if cached is not None else Access()), self._note_unsettled(exc)
+                    self._move_corrupt_aside(key, exc, holding_lock=holding_lock)
+                    continue  # now missing, or whatever a writer put there meanwhile
+                _log_bad_patterns(access.mention_patterns or ())
+                _log_bad_chunk_limit(access.text_chunk_limit)
+                for problem in access.problems:
+                    log.warning("access.json %s (ignored; the rest of the file applies)", problem)
+            self._unsettled = None
+            self._cached = (key, access)
+            return access, None
+        return Access(), None
 
-    def _move_corrupt_aside(self, key: _StatKey, exc: Exception, *, holding_lock: bool) -> None:
-        """Move the corrupt file aside, under the lock and only if it is still the file we parsed
-        (a writer may have replaced it meanwhile)."""
-        with contextlib.ExitStack() as stack:
-            if not holding_lock:
-                stack.enter_context(locked(self.state_dir))
-            if _stat_key(self.path) == key:
-                aside = _move_aside(self.path, self.clock.now())
-                log.warning("access.json is corrupt (%s); moved aside to %s, using defaults", exc, aside.name)
+    def _settled(self, key: StatKey) -> bool:
+        """Has the file that failed to parse stayed unchanged for `QUIET_S`? Judged by its mtime against
+        the clock's wall time, or, when the mtime is no help (a clock set back, a file copied with its
+        times), by how long this very `StatKey` has been seen (monotonic clock)."""
+        now = self.clock.monotonic()
+        if self._unsettled is None or self._unsettled.key != key:
+            logged = self._unsettled.logged if self._unsettled is not None else False
+            self._unsettled = _Unsettled(key, now, logged)
+        age = self.clock.wall() - key[0] / 1e9
+        return age >= QUIET_S or now - self._unsettled.since >= QUIET_S
 
+    def _note_unsettled(self, exc: Exception) -> AccessUnavailableError:
+        """Log once per episode that access.json does not parse yet; the error `update` raises for it."""
+        assert self._unsettled is not None
+        if not self._unsettled.logged:
+            self._unsettled.logged = True
+            log.warning(
+                "access.json does not parse (%s); another program may be writing it: keeping the last good "
+                "settings until it has been unchanged for %g s (then it is moved aside if still invalid)",
+                exc,
+                QUIET_S,
+            )
+        return AccessUnavailableError(
+            f"{self.path} was changed moments ago and does not parse yet ({exc}); another program may be writing "
+            f"it. Try again in a few seconds (a file still invalid after {QUIET_S:g} s is moved aside)"
+        )
 
-def _move_aside(path: Path, now: datetime) -> Path:
-    """Rename `path` to `<name>.corrupt-<UTC YYYYmmddTHHMMSSZ>[-N]`, never replacing an existing file
-    (a hard link fails rather than overwrite; where links are unsupported, check then rename)."""
-    stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for n in itertools.count():
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}" + (f"-{n}" if n else ""))
+    def _note_unreadable(self, exc: OSError) -> AccessUnavailableError:
+        """Log once per kind of failure that access.json cannot be read; the error to raise for it."""
+        cause = exc.cause if isinstance(exc, statefile.Unreadable) else exc
+        reason, fix = statefile.describe_error(cause), statefile.unreadable_help(self.path, cause)
+        signature = (cause.errno, reason)
+        if self._unreadable != signature:
+            self._unreadable = signature
+            log.warning(
+                "cannot read %s (%s): self-chat still works, everyone else gets the defaults (dropped) until it "
+                "can be read; it is left as it is. Fix: %s",
+                self.path,
+                reason,
+                fix,
+            )
+        return AccessUnavailableError(f"cannot read {self.path} ({reason}). Fix: {fix}")
+
+    def _note_readable(self) -> None:
+        if self._unreadable is not None:
+            self._unreadable = None
+            log.warning("%s can be read again; its settings apply", self.path)
+
+    def _move_corrupt_aside(self, key: StatKey, exc: Exception, *, holding_lock: bool) -> None:
+        """Move the corrupt (and settled) file aside, under the lock and only if it is still the file we
+        parsed (a writer may have replaced it meanwhile). When it cannot be moved, say so once and use the
+        defaults for as long as it stays this file."""
+        self._unsettled = None
         try:
-            os.link(path, aside)
-        except FileExistsError:
-            continue
-        except OSError:
-            if aside.exists():
-                continue
-            os.rename(path, aside)
-            return aside
-        os.unlink(path)
-        return aside
-    raise AssertionError("unreachable")
+            aside = statefile.move_aside_if_unchanged(self.path, key, self.clock.now(), holding_lock=holding_lock)
+        except OSError as move_error:
+            self._stuck = key
+            log.warning(
+                "access.json is corrupt (%s) and cannot be moved aside (%s); using the defaults until it is fixed",
+                exc,
+                statefile.describe_error(move_error),
+            )
+            return
+        if aside is not None:
+            log.warning(
+                "access.json is corrupt (%s) and stayed so for %g s; moved aside to %s, using the defaults",
+                exc,
+                QUIET_S,
+                aside.name,
+            )
 
 
 def _log_bad_chunk_limit(limit: int | None) -> None:
@@ -697,13 +802,12 @@ def write_approval(state: Path, sender: str, chat_id: str) -> None:
     sender id that cannot be a plain file name (contains `/`, NUL, or starts with `.`).
     """
     path = _approval_path(state, sender)
-    _ensure_dir(state)
-    _atomic_write(path, chat_id.encode("utf-8"))
+    statefile.atomic_write(path, chat_id.encode("utf-8"))
 
 
 def pending_approvals(state: Path) -> list[str]:
     """Sender ids with an `approved/<senderId>` file, sorted; empty when the directory is missing.
-    Dot-files (our temp files) are skipped."""
+    Dot-files (our temp files) are skipped. Raises `OSError` when `approved/` cannot be listed."""
     try:
         names = os.listdir(state / APPROVED_DIR)
     except (FileNotFoundError, NotADirectoryError):
@@ -711,15 +815,29 @@ def pending_approvals(state: Path) -> list[str]:
     return sorted(n for n in names if not n.startswith("."))
 
 
-def consume_approval(state: Path, sender: str) -> str | None:
-    """Read and delete `approved/<sender>`; return the chat GUID it holds (stripped), or None when the
-    file is empty, unreadable or gone. The caller sends `PAIRED_CONFIRMATION` to that chat (the
-    official server deletes the file whether or not that send succeeds)."""
+def read_approval(state: Path, sender: str) -> str | None:
+    """The chat GUID `approved/<sender>` holds (stripped), or None when the file is empty, unreadable or
+    gone. Leaves the file in place (see `discard_approval`). Raises `ValueError` for a sender id that
+    cannot be a plain file name."""
     path = _approval_path(state, sender)
     try:
         chat = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError):
         chat = ""
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
     return chat or None
+
+
+def discard_approval(state: Path, sender: str) -> None:
+    """Delete `approved/<sender>` (missing is fine). Raises `ValueError` for an unusable sender id."""
+    with contextlib.suppress(FileNotFoundError):
+        _approval_path(state, sender).unlink()
+
+
+def consume_approval(state: Path, sender: str) -> str | None:
+    """Read and delete `approved/<sender>`; return the chat GUID it holds (stripped), or None when the
+    file is empty, unreadable or gone. The caller sends `PAIRED_CONFIRMATION` to that chat (the
+    official server deletes the file whether or not that send succeeds), after checking it against the
+    gate: a file in the state dir is no proof of a pairing (see `inbound.InboundPipeline.approvals`)."""
+    chat = read_approval(state, sender)
+    discard_approval(state, sender)
+    return chat

@@ -17,8 +17,10 @@ official `/imessage:access` skill (anthropics/claude-plugins-official,
 
 Every change is a read-modify-write through `AccessStore.update`, under the advisory lock
 `access.locked` that the server takes too, so a pairing code the server records while the CLI edits is
-never lost. The file stays 2-space indented JSON (written by `AccessStore.save`). Handles are stored
-as `handles.normalize_handle` makes them (`+` and digits; emails lowercased). Values are checked before
+never lost. The file stays 2-space indented JSON (written by `AccessStore.save`). Handles are checked and
+stored as `handles.parse_handle` makes them (phone numbers in E.164, read in the owner's region when typed
+without a country code, see `owner_region`; emails lowercased), the same check the server applies to
+access.json when it loads it (entries that fail it are ignored there, listed by `status`). Values are checked before
 anything is written; a bad one raises `AccessCLIError`, which `run` prints as one paragraph on stderr
 with exit status 2. `--json` prints machine-readable results on stdout.
 """
@@ -26,19 +28,24 @@ with exit status 2. `--json` prints machine-readable results on stdout.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import re
 import sys
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from . import access as access_mod
+from . import handles, statefile
 from .access import (
     MAX_TEXT_CHUNK_LIMIT,
     Access,
     AccessStore,
+    AccessUnavailableError,
     ChunkMode,
     DmPolicy,
     GroupPolicy,
@@ -47,8 +54,9 @@ from .access import (
     state_dir,
     static_mode,
 )
+from .chatdb import ChatDB, ChatDBError, default_db_path
 from .clock import SYSTEM
-from .handles import is_email, normalize_handle
+from .handles import HandleError, PhoneRegion, Region, pick_region
 from .patterns import pattern_error
 
 SET_KEYS = ("textChunkLimit", "chunkMode", "mentionPatterns", "appendSignature")
@@ -60,9 +68,6 @@ POLICY_MEANING = {
     DmPolicy.DISABLED: "only self-chat reaches Claude; allowed handles and groups are ignored",
 }
 
-_EMAIL = re.compile(r"^[^@\s/;]+@[^@\s/;]+$")
-_PHONE = re.compile(r"^\+\d{3,}$")
-_SHORT_SENDER = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _GROUP_GUID = re.compile(r"^[^;\s]+;\+;[^;\s]+$")
 
 
@@ -73,13 +78,16 @@ class AccessCLIError(ValueError):
 # --- validation ---------------------------------------------------------------------------------
 
 
-def parse_handle(value: str) -> str:
-    """The normalised handle for `value`, or `AccessCLIError` when it cannot be one.
+def parse_handle(value: str, region: Region = None) -> str:
+    """The canonical handle for `value` (`handles.parse_handle`, the one validation the server applies to
+    access.json too), or `AccessCLIError` saying why it is none.
 
-    Accepted: an email (`Friend@Example.com` → `friend@example.com`), a phone number in any common
-    notation (`(555) 555-0123` → `+5555550123`, at least 3 digits), or an SMS sender id made of
-    letters, digits, `.`, `_`, `-` (`AMAZON`, `12345`). A chat GUID (`iMessage;-;+1555…`) is refused
-    with the handle it contains as a hint: access is granted to people, not chats.
+    Accepted: an email (`Friend@Example.com` → `friend@example.com`) or a phone number, stored in E.164:
+    with its country code in any notation (`+1 (555) 123-4567` → `+15551234567`), or national
+    (`(479) 123-4567` → `+14791234567`) when the owner's region is known (`region`, see `owner_region`);
+    without one a national number is refused with a request for the country code. A chat GUID
+    (`iMessage;-;+1555…`) is refused with the handle it contains as a hint: access is granted to people,
+    not chats.
     """
     raw = value.strip()
     parts = raw.split(";")
@@ -93,19 +101,24 @@ def parse_handle(value: str) -> str:
             f"{raw!r} is a group chat GUID, not a handle. Opt the group in with "
             f"`imessage-channel access group add '{raw}'`."
         )
-    handle = normalize_handle(raw)
-    if is_email(handle):
-        ok = bool(_EMAIL.match(handle))
-    elif handle.startswith("+"):
-        ok = bool(_PHONE.match(handle))
-    else:
-        ok = bool(_SHORT_SENDER.match(handle))
-    if not ok:
-        raise AccessCLIError(
-            f"{value!r} is not a handle. A handle is an email address (friend@icloud.com) or a phone "
-            "number (+15551234567), as Messages shows it for the person."
-        )
-    return handle
+    try:
+        return handles.parse_handle(raw, region)
+    except HandleError as exc:
+        raise AccessCLIError(str(exc)) from None
+
+
+def owner_region() -> PhoneRegion:
+    """The region national phone numbers are read in (`handles.pick_region`): the owner's own number or
+    the contacts' country in chat.db (`IMESSAGE_DB_PATH`, default ~/Library/Messages/chat.db) when it can be
+    read, else the locale. `run` computes it at most once, and only when a national number needs it."""
+    owner: frozenset[str] = frozenset()
+    countries: list[str] = []
+    try:
+        with ChatDB(default_db_path()) as db:
+            owner, countries = db.owner_handles(), db.handle_countries()
+    except ChatDBError:
+        pass  # no Full Disk Access from this terminal, or no Messages: the locale decides
+    return pick_region(owner, countries)
 
 
 def parse_group_guid(value: str) -> str:
@@ -255,6 +268,10 @@ def status_text(access: Access, path: str, now: datetime) -> str:
         f"Allowed ({len(access.allow_from)}): "
         + (", ".join(access.allow_from) or "nobody yet (self-chat always works)"),
     ]
+    if access.problems:
+        fix = "fix them in the file, or remove them with `imessage-channel access remove '<entry>'`"
+        lines.append(f"Ignored, not handles ({len(access.problems)}): {fix}")
+        lines += [f"  {p}" for p in access.problems]
     lines.append(f"Pending pairings ({len(access.pending)})" + (":" if access.pending else ""))
     for code, p in sorted(access.pending.items(), key=lambda kv: kv[1].created_at):
         info = _pending_json(code, p, now_ms)
@@ -305,7 +322,14 @@ def cmd_pair(store: AccessStore, code: str, now: datetime) -> _Result:
 
     def step(a: Access) -> Access:
         new, entry = access_mod.approve(a, code, now)
-        box.append(entry)
+        try:
+            sender = parse_handle(entry.sender_id, store.region)
+        except AccessCLIError as exc:
+            raise AccessCLIError(
+                f"The pairing code {code.strip().lower()} was issued to {entry.sender_id!r}, which cannot be "
+                f"allowed: {exc} Drop it with `imessage-channel access deny {code.strip().lower()}`."
+            ) from None
+        box.append(replace(entry, sender_id=sender))
         return new
 
     try:
@@ -345,7 +369,7 @@ def cmd_deny(store: AccessStore, code: str) -> _Result:
 
 def cmd_allow(store: AccessStore, handle: str) -> _Result:
     """`allow <handle>`: add the normalised handle to `allowFrom` (deduplicated)."""
-    h = parse_handle(handle)
+    h = parse_handle(handle, store.region)
     before, after = _update(store, lambda a: access_mod.allow(a, h))
     if after is before:
         return _Result(f"{h} is already allowed.", after, changed=False, handle=h)
@@ -354,8 +378,16 @@ def cmd_allow(store: AccessStore, handle: str) -> _Result:
 
 def cmd_remove(store: AccessStore, handle: str) -> _Result:
     """`remove <handle>`: remove every `allowFrom` entry equal to the handle (emails by case, phones
-    by digits)."""
-    h = parse_handle(handle)
+    by digits). An entry the file holds that is not a handle (ignored by the channel) is removed when
+    typed exactly as it is in the file."""
+    try:
+        h = parse_handle(handle, store.region)
+    except AccessCLIError:
+        raw = handle.strip()
+        if raw not in store.load(strict=True).invalid:
+            raise
+        _, after = _update(store, lambda a: replace(a, invalid=tuple(x for x in a.invalid if x != raw)))
+        return _Result(f"Removed {raw!r} (not a handle) from the allowlist.", after, changed=True, handle=raw)
 
     def step(a: Access) -> Access:
         return access_mod.disallow(a, h) if access_mod.is_allowed(a.allow_from, h) else a
@@ -388,7 +420,7 @@ def cmd_group_add(store: AccessStore, guid: str, *, no_mention: bool, allow: str
     """`group add <guid> [--no-mention] [--allow a,b]`: set `groups[guid]` (keeping keys this
     version does not know). `--allow` restricts who in the group may trigger Claude."""
     key = parse_group_guid(guid)
-    members = tuple(dict.fromkeys(parse_handle(h) for h in allow.split(",") if h.strip()))
+    members = _members(allow, store.region)
 
     def step(a: Access) -> Access:
         existing = _group_key(a, key)
@@ -407,6 +439,25 @@ def cmd_group_add(store: AccessStore, guid: str, *, no_mention: bool, allow: str
     mention = "messages matching mentionPatterns" if not no_mention else "every message"
     who = ", ".join(members) if members else "any member"
     return _Result(f"Group {key} enabled: {mention} from {who}.{note}", after, changed=True, guid=key)
+
+
+def _members(allow: str, region: Region) -> tuple[str, ...]:
+    """The handles of `--allow a,b,…` (empty items, as after a trailing comma, are skipped; duplicates
+    kept once). Every item is checked; all bad ones are named in one `AccessCLIError`."""
+    members: dict[str, None] = {}
+    bad: list[HandleError] = []
+    for item in (i.strip() for i in allow.split(",")):
+        if not item:
+            continue
+        try:
+            members[handles.parse_handle(item, region)] = None
+        except HandleError as exc:
+            bad.append(exc)
+    if len(bad) == 1:
+        raise AccessCLIError(f"--allow: {bad[0]}")
+    if bad:
+        raise AccessCLIError("--allow: " + " ".join(e.brief for e in bad) + " " + handles.HANDLE_HINT)
+    return tuple(members)
 
 
 def cmd_group_rm(store: AccessStore, guid: str) -> _Result:
@@ -463,12 +514,12 @@ def run(args: argparse.Namespace) -> int:
     """Run `imessage-channel access [verb …]` (parsed by `cli.build_parser`). Returns the exit status:
     0 done (also when nothing needed changing), 2 refused (message on stderr, nothing written)."""
     as_json = bool(getattr(args, "json", False))
-    store = AccessStore(state_dir())
+    store = AccessStore(state_dir(), region=functools.cache(lambda: owner_region().code))
     now = _now()
     try:
         result = _dispatch(args, store, now)
         if result is None:
-            access = store.load()
+            access = store.load(strict=True)
             if as_json:
                 now_ms = _ms(now)
                 out = {
@@ -476,6 +527,7 @@ def run(args: argparse.Namespace) -> int:
                     "static": static_mode(),
                     "access": access.to_json(),
                     "pending": [_pending_json(c, p, now_ms) for c, p in access.pending.items()],
+                    "ignored": list(access.problems),
                 }
                 print(json.dumps(out, indent=2, ensure_ascii=False))
             else:
@@ -484,10 +536,14 @@ def run(args: argparse.Namespace) -> int:
     except (AccessCLIError, PairingError) as exc:
         print(f"imessage-channel access: {exc}", file=sys.stderr)
         return 2
+    except AccessUnavailableError as exc:
+        print(f"imessage-channel access: {exc}. Nothing was changed.", file=sys.stderr)
+        return 2
     except OSError as exc:
+        where = Path(exc.filename) if exc.filename and os.path.lexists(exc.filename) else store.state_dir
         print(
-            f"imessage-channel access: cannot update {store.path} ({exc.strerror or exc}). Check that the state "
-            f"directory {store.state_dir} belongs to you (`imessage-channel doctor` checks it).",
+            f"imessage-channel access: cannot update {store.path}: {where} ({statefile.describe_error(exc)}). "
+            f"Fix: {statefile.unreadable_help(where, exc)}. `imessage-channel doctor` checks the state directory.",
             file=sys.stderr,
         )
         return 2

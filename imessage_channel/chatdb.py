@@ -994,6 +994,17 @@ class ChatDB:
                 found.add(normalize_handle(str(login)))
         return frozenset(found)
 
+    def handle_countries(self, limit: int = 5) -> list[str]:
+        """Values of `handle.country` (the country Messages filed each address under: `us`, `gb`, … in
+        real databases, case varies), most frequent first, at most `limit`. One scan of the small `handle`
+        table (the column exists in every release since Monterey). Raises `ChatDBError`."""
+        rows = self._query(
+            "SELECT country FROM handle WHERE country IS NOT NULL AND country != ''"
+            " GROUP BY lower(country) ORDER BY COUNT(*) DESC, country LIMIT ?",
+            (limit,),
+        )
+        return [str(r[0]) for r in rows]
+
     def iter_all(self, batch: int = 1000) -> Iterator[Message]:
         """Every message in ROWID order, fetched in bounded batches (for tools and scripts)."""
         last = 0

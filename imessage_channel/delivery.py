@@ -2,7 +2,7 @@
 
 Owns two files in the state dir (`IMESSAGE_STATE_DIR`):
 
-- `delivery.json` — rewritten atomically (temp + fsync + rename) after each delivery batch:
+- `delivery.json` — rewritten atomically (`statefile.atomic_write`) after each delivery batch:
   `{"version": 1, "db": <chat.db path>, "rowid": W, "edge_guid": <GUID of row W>, "last_active": <Apple ns>,
   "seen": [GUID…],
   "recent": [[sender, chat, text hash, Apple ns, GUID]…]}`. `rowid` is the watermark: every row ≤ W has been
@@ -18,6 +18,8 @@ microseconds between the `write` system call returning and the log append (a SIG
 one event).
 
 If the state dir is not writable, the ledger says so once on stderr and keeps everything in memory.
+Both files are validated on load (`parse_state`, `parse_log`); a bad one is moved aside under a unique name
+and start-up goes on (see `DeliveryLedger.load`).
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import tempfile
+import re
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from . import statefile
+from .clock import SYSTEM, Clock
+from .statefile import LoadState, Salvaged
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +62,110 @@ class Resume:
     corrupt: bool = False
 
 
-class DeliveryLedger:
-    """Thread-safe: `written()` runs on the stdout writer thread, the rest on the delivery loop's."""
+@dataclass(frozen=True, slots=True)
+class LedgerState:
+    """A validated `delivery.json` (see the module docstring for the fields)."""
 
-    def __init__(self, state_dir: Path, db_path: Path) -> None:
+    db: str
+    rowid: int
+    edge_guid: str | None
+    last_active: int | None
+    seen: tuple[str, ...]
+    recent: tuple[tuple[str, str, str, int, str], ...]
+
+
+_GUID = re.compile(r"[\x21-\x7e]{1,200}")
+"""What a message GUID in our files may be: printable ASCII without spaces (chat.db GUIDs are UUIDs)."""
+
+
+def _int(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{where}: expected an integer, got {value!r:.40}")
+    return value
+
+
+def _str(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: expected a string, got {value!r:.40}")
+    return value
+
+
+def _guid(value: object, where: str) -> str:
+    if not isinstance(value, str) or not _GUID.fullmatch(value):
+        raise ValueError(f"{where}: not a message GUID: {value!r:.40}")
+    return value
+
+
+def _list(value: object, where: str) -> list[object]:
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: expected a list, got {value!r:.40}")
+    return value
+
+
+def _fingerprint(item: object, where: str) -> tuple[str, str, str, int, str]:
+    if not isinstance(item, list) or len(item) != 5:
+        raise ValueError(f"{where}: expected [sender, chat, text hash, date, GUID], got {item!r:.60}")
+    return (
+        _str(item[0], where),
+        _str(item[1], where),
+        _str(item[2], where),
+        _int(item[3], where),
+        _guid(item[4], where),
+    )
+
+
+def parse_state(data: bytes) -> LedgerState:
+    """Validate `delivery.json` bytes. Raises `ValueError` (saying where and what) for anything but UTF-8
+    JSON of version 1 with: `db` a string, `rowid` an integer ≥ 0, `edge_guid` a GUID or null,
+    `last_active` an integer or null (files written before it existed have `newest_date`, read in its place),
+    `seen` a list of GUIDs, `recent` a list of
+    `[sender, chat, text hash, Apple ns, GUID]` (three strings, an integer, a GUID)."""
+    doc = json.loads(data.decode("utf-8"))
+    if not isinstance(doc, dict) or doc.get("version") != 1:
+        raise ValueError("not a version-1 delivery file")
+    rowid = _int(doc.get("rowid"), "rowid")
+    if rowid < 0:
+        raise ValueError(f"rowid: negative ({rowid})")
+    edge, active = doc.get("edge_guid"), doc.get("last_active", doc.get("newest_date"))
+    return LedgerState(
+        db=_str(doc.get("db"), "db"),
+        rowid=rowid,
+        edge_guid=None if edge is None else _guid(edge, "edge_guid"),
+        last_active=None if active is None else _int(active, "last_active"),
+        seen=tuple(_guid(g, f"seen[{i}]") for i, g in enumerate(_list(doc.get("seen", []), "seen"))),
+        recent=tuple(_fingerprint(r, f"recent[{i}]") for i, r in enumerate(_list(doc.get("recent", []), "recent"))),
+    )
+
+
+def parse_log(data: bytes) -> list[str]:
+    """The GUIDs in `delivered.log` bytes, one per line (blank lines skipped). Raises `Salvaged` with the
+    good GUIDs when some lines are not GUIDs (invalid UTF-8, spaces, control characters): the caller keeps
+    those and the file is moved aside."""
+    good: list[str] = []
+    bad = 0
+    for raw in data.split(b"\n"):
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            guid = _guid(line.decode("utf-8"), "line")
+        except ValueError:  # UnicodeDecodeError included
+            bad += 1
+            continue
+        good.append(guid)
+    if bad:
+        raise Salvaged(good, f"{bad} line(s) are not message GUIDs")
+    return good
+
+
+class DeliveryLedger:
+    """Thread-safe: `written()` runs on the stdout writer thread, the rest on the delivery loop's.
+
+    `clock` stamps the names of files moved aside (see `statefile`)."""
+
+    def __init__(self, state_dir: Path, db_path: Path, clock: Clock = SYSTEM) -> None:
         self.state_dir = state_dir
+        self.clock = clock
         self.db_path = str(db_path)
         self.path = state_dir / STATE_FILE
         self.log_path = state_dir / LOG_FILE
@@ -73,40 +177,40 @@ class DeliveryLedger:
 
     # -- start -------------------------------------------------------------------------------------
     def load(self) -> Resume:
-        """Read `delivery.json` and `delivered.log`. Never raises: a missing file is a first start; an
-        unreadable or malformed one is logged, moved aside (`delivery.json.corrupt`), and reported with
-        `corrupt=True`. A file written for another chat.db is treated as a first start."""
+        """Read `delivery.json` and `delivered.log`. Never raises.
+
+        A missing `delivery.json` is a first start. One that does not parse or fails validation
+        (`parse_state`) is moved aside under a unique name (`statefile.move_aside`), logged, and reported
+        with `corrupt=True` (the caller catches up on the last day). An unreadable one (permissions, a
+        directory, EIO) is left where it is, logged, and treated as a first start; the next commit
+        replaces it when the folder allows. A file written for another chat.db is a first start too.
+        Lines of `delivered.log` that are not GUIDs (invalid UTF-8, control characters) are dropped and
+        the log is moved aside; the good lines still count as delivered."""
         resume = Resume(rowid=None, last_active=None)
-        try:
-            raw = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raw = None
-        except OSError as exc:
-            log.warning("cannot read %s (%s); starting as if for the first time", self.path, exc)
-            raw = None
-        if raw is not None:
-            try:
-                data = json.loads(raw)
-                if not isinstance(data, dict) or data.get("version") != 1:
-                    raise ValueError("not a version-1 delivery file")
-                if data.get("db") == self.db_path:
-                    resume.rowid = int(data["rowid"])
-                    # `newest_date` (a row's date) was written before `last_active` (the local clock) existed
-                    active = data.get("last_active", data.get("newest_date"))
-                    resume.last_active = int(active) if active is not None else None
-                    resume.edge_guid = data.get("edge_guid")
-                resume.seen = [str(g) for g in data.get("seen", [])]
-                resume.recent = [(str(a), str(b), str(c), int(d), str(e)) for a, b, c, d, e in data.get("recent", [])]
-            except (ValueError, TypeError, KeyError) as exc:
-                aside = self.path.with_name(STATE_FILE + ".corrupt")
-                log.warning("%s is corrupt (%s); moved to %s, catching up from the last day", self.path, exc, aside)
-                with contextlib.suppress(OSError):
-                    os.replace(self.path, aside)
-                resume = Resume(rowid=None, last_active=None, corrupt=True)
-        with contextlib.suppress(OSError):
-            resume.seen += [
-                line.strip() for line in self.log_path.read_text(encoding="utf-8").splitlines() if line.strip()
-            ]
+        loaded = statefile.load(
+            self.path,
+            parse_state,
+            clock=self.clock,
+            log=log,
+            then="catching up on the last day's texts",
+            then_unreadable="starting as if for the first time",
+        )
+        if loaded.state is LoadState.CORRUPT:
+            resume.corrupt = True
+        elif loaded.value is not None:
+            state = loaded.value
+            if state.db == self.db_path:
+                resume.rowid, resume.last_active, resume.edge_guid = state.rowid, state.last_active, state.edge_guid
+            resume.seen, resume.recent = list(state.seen), list(state.recent)
+        logged = statefile.load(
+            self.log_path,
+            parse_log,
+            clock=self.clock,
+            log=log,
+            then="its readable lines still count as delivered",
+            then_unreadable="a text delivered just before the last stop may be delivered again",
+        )
+        resume.seen += logged.value or []
         for guid in resume.seen[-SEEN_LIMIT:]:
             self._seen[guid] = None
         return resume
@@ -169,13 +273,7 @@ class DeliveryLedger:
                 "recent": [list(r) for r in recent],
             }
             try:
-                self.state_dir.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=self.state_dir, prefix=".delivery-", suffix=".tmp")
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    json.dump(data, fh)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, self.path)
+                statefile.atomic_write(self.path, json.dumps(data).encode("utf-8"))
                 if self._log is not None:
                     self._log.truncate(0)  # type: ignore[attr-defined]
                     self._log.seek(0)  # type: ignore[attr-defined]
@@ -183,8 +281,6 @@ class DeliveryLedger:
                     with contextlib.suppress(FileNotFoundError):
                         self.log_path.unlink()
             except OSError as exc:
-                with contextlib.suppress(Exception):
-                    os.unlink(tmp)  # type: ignore[possibly-undefined]
                 self._unwritable(exc)
 
     def _unwritable(self, exc: OSError) -> None:

@@ -9,9 +9,10 @@ detail and, when it fails, the fix. In order:
 4. self-chat exists (a DM with one of those addresses);
 5. an AppleScript runner exists (py-applescript, or `osascript`);
 6. Automation permission: only with `--send-test`, which texts the self-chat a test message;
-7. state directory permissions (0700 directory, 0600 access.json, owned by the user);
-8. access.json summary, and settings that silently block delivery (a mention-only group with no
-   `mentionPatterns`, a regex Python cannot compile, a corrupt file);
+7. state directory permissions (0700 directory, 0600 access.json, every state file owned by the user and a
+   file, not a directory);
+8. access.json summary, and what silently blocks delivery (a mention-only group with no `mentionPatterns`,
+   a regex Python cannot compile, a corrupt file, a file the channel cannot read, with the fix);
 9. Claude Code will see the server as a channel: starts `python -m imessage_channel serve` on the same
    chat.db, sends `initialize` (protocol revision 2025-11-25, as Claude Code does), checks
    `capabilities.experimental` has `claude/channel` and `claude/channel/permission` and that stdout
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib.util
 import json
 import os
@@ -44,8 +46,12 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from .access import ACCESS_FILE, Access, DmPolicy, state_dir, static_mode
+from . import statefile
+from .access import ACCESS_FILE, APPROVED_DIR, Access, DmPolicy, state_dir, static_mode
 from .chatdb import FULL_DISK_ACCESS_HELP, ChatDB, ChatDBError, default_db_path, is_self_chat
+from .delivery import LOG_FILE, STATE_FILE
+from .handles import pick_region
+from .outbox import OUTBOX_FILE
 from .sender import AUTOMATION_HELP, ERR_NOT_AUTHORIZED, OsascriptBackend, Sender, SendError, default_backend
 
 PROTOCOL_VERSION = "2025-11-25"
@@ -65,6 +71,9 @@ TEST_MESSAGE = "imessage-channel doctor: test message. Nothing to do; sending wo
 REQUIRED_MESSAGE_COLUMNS = frozenset(
     {"guid", "text", "attributedBody", "handle_id", "service", "is_from_me", "date", "cache_has_attachments"}
 )
+STATE_FILES = (ACCESS_FILE, statefile.LOCK_FILE, APPROVED_DIR, STATE_FILE, LOG_FILE, OUTBOX_FILE)
+"""What the channel keeps in the state directory; each must be the user's own and (but approved/) a file."""
+
 REQUIRED_TABLES = frozenset(
     {"message", "chat", "handle", "chat_message_join", "chat_handle_join", "attachment", "message_attachment_join"}
 )
@@ -270,28 +279,46 @@ def check_state_dir(state: Path) -> Check:
     if not os.access(state, os.W_OK | os.X_OK):
         problems.append("not writable")
     access_file = state / ACCESS_FILE
-    if access_file.exists():
+    if access_file.is_file():
         if _mode(access_file) & 0o077:
             problems.append(f"{ACCESS_FILE} mode {_mode(access_file):o}, readable by others")
             fixes.append(f"chmod 600 '{access_file}'")
         if not os.access(access_file, os.R_OK | os.W_OK):
             problems.append(f"{ACCESS_FILE} not readable and writable")
+    for name in STATE_FILES:
+        path = state / name
+        try:
+            st = path.lstat()
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and name != APPROVED_DIR:
+            problems.append(f"{name} is a directory")
+            fixes.append(statefile.unreadable_help(path, IsADirectoryError(errno.EISDIR, "Is a directory")))
+        elif st.st_uid != os.getuid() and state.stat().st_uid == os.getuid():
+            problems.append(f"{name} belongs to another user (uid {st.st_uid})")
+            fixes.append(statefile.unreadable_help(path, PermissionError(errno.EACCES, "Permission denied")))
     if problems:
         return _fail(STATE, f"{state}: " + "; ".join(problems), "; ".join(fixes) or f"Check the owner of {state}.")
     return _pass(STATE, f"{state} (private)")
 
 
-def check_access(state: Path, allow_sms: bool | None = None) -> Check:
-    """Summarise access.json and flag what silently blocks delivery. Reads the file without moving a
-    corrupt one aside (the server would)."""
+def check_access(state: Path, allow_sms: bool | None = None, region: str | None = None) -> Check:
+    """Summarise access.json and flag what silently blocks delivery, including `allowFrom` entries that are
+    not handles (the server ignores them; phone numbers without a country code are read in `region`, as the
+    server reads them). Reads the file without moving a corrupt one aside (the server would)."""
     path = state / ACCESS_FILE
     sms = allow_sms if allow_sms is not None else os.environ.get("IMESSAGE_ALLOW_SMS", "").strip().lower() == "true"
     if not path.exists():
         return _pass(ACCESS, "no access.json yet: allowlist policy, nobody allowed (self-chat always works)")
     try:
-        access = Access.from_json(json.loads(path.read_bytes()))
-    except OSError as exc:
-        return _fail(ACCESS, f"cannot read {path} ({exc.strerror})", f"chmod 600 '{path}'")
+        access = Access.from_json(json.loads(statefile.read(path) or b"{}"), region)
+    except statefile.Unreadable as exc:
+        return _fail(
+            ACCESS,
+            f"cannot read {path} ({statefile.describe_error(exc.cause)}); the channel leaves it as it is: self-chat "
+            "still works, everyone else is dropped until it can be read",
+            exc.help,
+        )
     except ValueError as exc:
         return _fail(
             ACCESS,
@@ -306,6 +333,10 @@ def check_access(state: Path, allow_sms: bool | None = None) -> Check:
     )
     problems: list[str] = []
     fixes: list[str] = []
+    for problem in access.problems:
+        problems.append(f"{problem} (ignored)")
+    if access.problems:
+        fixes.append("fix those entries in access.json, or `imessage-channel access remove '<entry>'`")
     for pattern in access.mention_patterns or ():
         try:
             re.compile(pattern)
@@ -458,12 +489,15 @@ def run_checks(db_path: Path, state: Path, *, send_test: bool = False, sender: S
     first, db = check_chatdb(db_path)
     checks.append(first)
     self_chat: str | None = None
+    region = pick_region()  # the locale, unless chat.db says better
     if db is None:
         checks += [_skip(name, "needs a readable chat.db") for name in (SCHEMA, OWNER, SELF_CHAT)]
     else:
         with db:
             checks.append(check_schema(db))
             owner_check, owner = check_owner(db)
+            with contextlib.suppress(ChatDBError):
+                region = pick_region(owner, db.handle_countries())
             checks.append(owner_check)
             self_check, self_chat = check_self_chat(db, owner)
             checks.append(self_check)
@@ -476,7 +510,7 @@ def run_checks(db_path: Path, state: Path, *, send_test: bool = False, sender: S
     else:
         checks.append(_skip(AUTOMATION, "not checked; add --send-test to text yourself a test message"))
     checks.append(check_state_dir(state))
-    checks.append(check_access(state))
+    checks.append(check_access(state, region=region.code))
     if db is None:
         checks.append(_skip(CHANNEL, "needs a readable chat.db"))
     else:

@@ -357,6 +357,7 @@ class InboundPipeline:
     _joining: dict[int, _Joining] = field(default_factory=dict)
     _hold_expired: OrderedDict[str, float] = field(default_factory=OrderedDict)
     _generation: int | None = None
+    _approvals_unreadable: bool = False
     answered_in: str | None = None
     """The self-chat GUID of the last permission verdict (where the owner answers prompts)."""
 
@@ -478,15 +479,51 @@ class InboundPipeline:
         self.catchup_until = 0
 
     def approvals(self) -> list[Action]:
-        """Confirmations for `approved/<sender>` files the access skill wrote (then deleted)."""
+        """Confirmations for the `approved/<sender>` files the access skill or `access pair` wrote; each
+        file is deleted once decided.
+
+        A file in the state dir is no proof of a pairing (any program of the user's can drop one), so an
+        approval is honoured only when, now, its sender is in `allowFrom` and its chat (the file's content,
+        default `iMessage;-;<sender>`) is that sender's one-to-one chat in chat.db; otherwise it is dropped
+        with one log line and nothing is sent. Raises `ChatDBError` (the file then stays for the next try)."""
         out: list[Action] = []
-        for sender in access_mod.pending_approvals(self.store.state_dir):
+        state = self.store.state_dir
+        try:
+            senders = access_mod.pending_approvals(state)
+        except OSError as exc:  # never let an unreadable approved/ stop delivery
+            if not self._approvals_unreadable:
+                where = state / access_mod.APPROVED_DIR
+                log.warning("cannot list %s (%s); pairing confirmations wait until it can be read", where, exc)
+            self._approvals_unreadable = True
+            return out
+        self._approvals_unreadable = False
+        access: access_mod.Access | None = None
+        for sender in senders:
             try:
-                chat = access_mod.consume_approval(self.store.state_dir, sender)
+                chat = access_mod.read_approval(state, sender) or f"iMessage;-;{sender}"
             except ValueError:
                 continue
-            out.append(Send(chat or f"iMessage;-;{sender}", access_mod.PAIRED_CONFIRMATION))
+            access = access or self.store.load()
+            refused = self._approval_refused(sender, chat, access)
+            access_mod.discard_approval(state, sender)
+            if refused:
+                log.warning("approved/%s dropped without a confirmation: %s", sender, refused)
+                continue
+            out.append(Send(chat, access_mod.PAIRED_CONFIRMATION))
         return out
+
+    def _approval_refused(self, sender: str, chat_guid: str, access: access_mod.Access) -> str | None:
+        """Why an approval for `sender` in `chat_guid` must not be confirmed, or None when it may."""
+        if not access_mod.is_allowed(access.allow_from, sender):
+            return f"{sender!r} is not in allowFrom"
+        chat = self.db.chat(chat_guid)
+        if chat is None:
+            return f"chat {chat_guid!r} is not in chat.db"
+        participants = self.db.participants(chat_guid)
+        wanted = normalize_handle(sender)
+        if not chat.is_dm or [normalize_handle(p) for p in participants] != [wanted]:
+            return f"chat {chat_guid!r} is not {sender}'s one-to-one chat"
+        return None
 
     def _decide(self, msg: Message) -> tuple[str, str, list[Action]]:
         assert msg.chat_guid is not None
@@ -538,7 +575,7 @@ class InboundPipeline:
                 is_from_me=msg.is_from_me,
                 is_self_chat=self_chat,
             ),
-            self.store.load(),
+            access_mod.Access() if self_chat else self.store.load(),  # self-chat never needs access.json
             allow_sms=self.allow_sms,
         )
         if decision.verdict is Verdict.DELIVER:
@@ -620,7 +657,7 @@ class InboundPipeline:
 
         try:
             self.store.update(step)
-        except (access_mod.AccessReadOnlyError, OSError) as exc:
+        except (access_mod.AccessReadOnlyError, access_mod.AccessUnavailableError, OSError) as exc:
             log.warning("pairing for %s not recorded: %s", msg.handle, exc)
             return []
         outcome = outcome_box[-1]

@@ -8,23 +8,30 @@ from the persisted queue the moment AppleScript reports it sent, so a restart ne
 reply given up on (time out, or a permanent error such as a deleted file) is reported to Claude as a
 channel event naming the chat and the text's first words.
 
-Persistence: `outbox.json` in the state dir, rewritten atomically on every change; unreadable or
-malformed files are moved aside (`outbox.json.corrupt`) and the queue starts empty.
+Persistence: `outbox.json` in the state dir, rewritten atomically on every change (`statefile.atomic_write`)
+and validated entry by entry on load (`Queued.from_json`). A file that does not parse is moved aside under a
+unique name (`statefile.move_aside`) and the queue starts empty; bad entries are dropped with the file moved
+aside and the good ones kept. An unreadable file (permissions, a directory, EIO) is left where it is and the
+outbox works in memory only, so fixing the file's owner later loses nothing.
+
+Every entry is re-checked against the gate when it is due (`server.Channel._retry`): the file is in the state
+dir, which is not proof that the channel may answer the chat an entry names.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import tempfile
+import math
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
-from .clock import SYSTEM
+from . import statefile
+from .clock import SYSTEM, Clock
+from .statefile import LoadState, Salvaged
 
 log = logging.getLogger(__name__)
 
@@ -53,32 +60,96 @@ class Queued:
 
     @property
     def empty(self) -> bool:
+        """True when nothing is left to send."""
         return not self.parts and not self.files
+
+    @classmethod
+    def from_json(cls, obj: object) -> Queued:
+        """Validate one entry of `outbox.json`. Raises `ValueError` naming the field: `id`, `chat_guid`,
+        `first_words`, `last_error` must be strings (`chat_guid` non-empty), `parts` and `files` lists of
+        strings, `created` and `next_at` finite numbers (Unix seconds), `attempts` an integer ≥ 0, `extra`
+        an object. Keys this version does not know are kept in `extra`."""
+        if not isinstance(obj, dict):
+            raise ValueError(f"expected an object, got {obj!r:.40}")
+        known = {f.name for f in fields(cls)}
+        out: dict[str, Any] = {}
+        for name in ("id", "chat_guid", "first_words"):
+            out[name] = _check(isinstance(obj.get(name), str), obj, name, "a string")
+        if not out["chat_guid"]:
+            raise ValueError("chat_guid: empty")
+        out["last_error"] = _check(isinstance(obj.get("last_error", ""), str), obj, "last_error", "a string", "")
+        for name in ("parts", "files"):
+            value = obj.get(name)
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+            out[name] = list(_check(ok, obj, name, "a list of strings"))
+        for name in ("created", "next_at"):
+            value = obj.get(name)
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            out[name] = float(_check(ok, obj, name, "a number of seconds"))
+        attempts = obj.get("attempts", 0)
+        ok = isinstance(attempts, int) and not isinstance(attempts, bool) and attempts >= 0
+        out["attempts"] = _check(ok, obj, "attempts", "a whole number ≥ 0", 0)
+        extra = obj.get("extra", {})
+        if not isinstance(extra, dict):
+            raise ValueError(f"extra: expected an object, got {extra!r:.40}")
+        out["extra"] = {**extra, **{k: v for k, v in obj.items() if k not in known}}
+        return cls(**out)
+
+
+def _check(ok: bool, obj: dict[str, Any], name: str, what: str, default: object = None) -> Any:
+    value = obj.get(name, default)
+    if not ok:
+        raise ValueError(f"{name}: expected {what}, got {value!r:.40}")
+    return value
+
+
+def parse_outbox(data: bytes) -> list[Queued]:
+    """Validate `outbox.json` bytes: UTF-8 JSON `{"version": 1, "entries": [...]}`. Raises `ValueError`
+    when the document is not of that shape, and `Salvaged` with the valid entries when some entries are
+    bad (`Queued.from_json` says why)."""
+    doc = json.loads(data.decode("utf-8"))
+    if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list):
+        raise ValueError('expected {"version": 1, "entries": [...]}')
+    good: list[Queued] = []
+    bad: list[str] = []
+    for i, entry in enumerate(doc["entries"]):
+        try:
+            good.append(Queued.from_json(entry))
+        except ValueError as exc:
+            bad.append(f"entry {i}: {exc}")
+    if bad:
+        raise Salvaged(good, "; ".join(bad))
+    return good
 
 
 class Outbox:
-    """The persisted queue. `clock` is wall time in seconds (injectable). Not thread-safe: the server
-    touches it from its event loop only (sends themselves run in worker threads)."""
+    """The persisted queue. `clock` is wall time in seconds (injectable); `stamp` is the clock whose
+    `now()` names a file moved aside. Not thread-safe: the server touches it from its event loop only
+    (sends themselves run in worker threads)."""
 
-    def __init__(self, state_dir: Path, clock: Callable[[], float] = SYSTEM.wall) -> None:
+    def __init__(self, state_dir: Path, clock: Callable[[], float] = SYSTEM.wall, stamp: Clock = SYSTEM) -> None:
         self.path = state_dir / OUTBOX_FILE
         self.clock = clock
+        self.stamp = stamp
         self.entries: list[Queued] = []
         self.writable = True
 
     def load(self) -> None:
-        """Read the queue left by a previous run (missing file: empty)."""
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            self.entries = [Queued(**e) for e in data["entries"]]
-        except FileNotFoundError:
-            self.entries = []
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            aside = self.path.with_name(OUTBOX_FILE + ".corrupt")
-            log.warning("%s is unreadable (%s); moved to %s, starting with an empty outbox", self.path, exc, aside)
-            with contextlib.suppress(OSError):
-                os.replace(self.path, aside)
-            self.entries = []
+        """Read the queue left by a previous run; never raises (see the module docstring for bad files)."""
+        loaded = statefile.load(
+            self.path,
+            parse_outbox,
+            clock=self.stamp,
+            log=log,
+            then="starting with an empty outbox",
+            then_unreadable="queued replies are kept in memory only until it is fixed",
+        )
+        self.entries = loaded.value or []
+        if loaded.state is LoadState.UNREADABLE:
+            self.writable = False  # never replace a file we could not read: fixing its owner loses nothing
+        elif loaded.state is LoadState.SALVAGED:
+            log.warning("outbox: kept the %d valid entries of %s", len(self.entries), self.path.name)
+            self.save()
 
     def add(self, chat_guid: str, parts: list[str], files: list[str], error: str, first_words: str) -> Queued:
         """Queue the remainder of a reply; the first retry is due after `BACKOFF_S[0]`."""
@@ -131,14 +202,9 @@ class Outbox:
         """Rewrite `outbox.json` atomically; on failure keep going in memory (logged once)."""
         if not self.writable:
             return
+        doc = {"version": 1, "entries": [asdict(e) for e in self.entries]}
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".outbox-", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({"version": 1, "entries": [asdict(e) for e in self.entries]}, fh, ensure_ascii=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
+            statefile.atomic_write(self.path, json.dumps(doc, ensure_ascii=False).encode("utf-8"))
         except OSError as exc:
             self.writable = False
             log.error("cannot write %s (%s): queued replies will not survive a restart", self.path, exc)

@@ -48,6 +48,7 @@ from .clock import SYSTEM, Clock
 from .delivery import DeliveryLedger
 from .echo import EchoFilter
 from .gate import find_group
+from .handles import pick_region
 from .inbound import (
     BATCH,
     CATCHUP_MAX,
@@ -285,11 +286,12 @@ class Channel:
         self.clock = clock
         self.db = db
         self.sender = sender
-        self.store = AccessStore(config.state_dir, static=config.static, clock=clock)
         self.owner = db.owner_handles()
+        self.region = pick_region(self.owner, db.handle_countries())
+        self.store = AccessStore(config.state_dir, static=config.static, clock=clock, region=self.region.code)
         self.echo = EchoFilter(clock=clock.monotonic)
-        self.ledger = DeliveryLedger(config.state_dir, db.path)
-        self.outbox = Outbox(config.state_dir, clock=clock.wall)
+        self.ledger = DeliveryLedger(config.state_dir, db.path, clock)
+        self.outbox = Outbox(config.state_dir, clock=clock.wall, stamp=clock)
         self.outbox.load()
         self._outbox_changed = anyio.Event()
         self.pipeline = self._resume(
@@ -446,13 +448,14 @@ class Channel:
         return f"iMessage;-;{emails[0]}" if emails else None
 
     def may_answer(self, chat_guid: str) -> bool:
-        """True for self-chat, a DM whose participant is allowlisted, or a configured group."""
+        """True for self-chat, a DM whose participant is allowlisted, or a configured group. Self-chat is
+        decided from chat.db alone (it never depends on access.json). Raises `ChatDBError`."""
         chat = self.db.chat(chat_guid)
+        if chat is not None and self.pipeline.is_self_chat(chat_guid):
+            return True
         access = self.store.load()
         if chat is None:
             return find_group(access.groups, chat_guid) is not None
-        if self.pipeline.is_self_chat(chat_guid):
-            return True
         if chat.is_dm:
             return any(is_allowed(access.allow_from, p) for p in self.db.participants(chat_guid))
         if chat.is_group:
@@ -526,6 +529,24 @@ class Channel:
                 await self._outbox_changed.wait()
 
     async def _retry(self, entry: Queued) -> None:
+        """Send what is left of `entry`, part by part. The entry is checked against the gate first: the
+        outbox file lives in the state dir, which is no proof that its chat is one the channel may answer
+        (nor is an answer queued before access was revoked), so one failing `may_answer` is dropped with a
+        log line and nothing is sent. chat.db unreadable: retried later like a failed send."""
+        try:
+            allowed = await anyio.to_thread.run_sync(self.may_answer, entry.chat_guid)
+        except ChatDBError as exc:
+            if not self.outbox.retry_later(entry, str(exc)):
+                await self._given_up(entry, str(exc))
+            return
+        if not allowed:
+            log.warning(
+                "outbox: dropped a queued reply to %s without sending it: not self-chat, an allowlisted DM or a "
+                "configured group (now)",
+                entry.chat_guid,
+            )
+            self.outbox.drop(entry)
+            return
         self_chat = self._is_self(entry.chat_guid)
         while not entry.empty:
             texts, files = (entry.parts[:1], []) if entry.parts else ([], entry.files[:1])
@@ -734,6 +755,11 @@ def main() -> int:
     log.info(
         "owner handles: %s",
         ", ".join(sorted(channel.owner)) or "none found (self-chat will not be recognised)",
+    )
+    region = channel.region
+    log.info(
+        "phone numbers without a country code in access.json are read as %s",
+        f"{region.code} numbers (from {region.source})" if region.code else "invalid (no region known)",
     )
     try:
         anyio.run(channel.serve_stdio, parent)

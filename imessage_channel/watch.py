@@ -30,6 +30,7 @@ from typing import TextIO
 
 from .access import AccessStore
 from .chatdb import ChatDB, ChatDBError, Message, default_db_path
+from .handles import pick_region
 from .inbound import InboundPipeline, RowDecision
 from .render import QuoteLookup, describe, first_words, sender_label
 from .watcher import SAFETY_POLL_S, Waker
@@ -199,7 +200,7 @@ def _run(args: argparse.Namespace, last: int | None, from_rowid: int | None) -> 
         owner = db.owner_handles()
         pipeline = InboundPipeline(
             db=db,
-            store=AccessStore.from_env(),
+            store=AccessStore.from_env(region=pick_region(owner, db.handle_countries()).code),
             owner=owner,
             watermark=_start_watermark(db, last, from_rowid),
             allow_sms=os.environ.get("IMESSAGE_ALLOW_SMS", "").strip().lower() == "true",

@@ -33,6 +33,12 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "state"
     monkeypatch.setenv("IMESSAGE_STATE_DIR", str(folder))
     monkeypatch.delenv("IMESSAGE_ACCESS_MODE", raising=False)
+    # Phone numbers typed without a country code are read in the owner's region: no chat.db here, so the
+    # locale decides, and it says US (a US user's terminal).
+    monkeypatch.setenv("IMESSAGE_DB_PATH", str(tmp_path / "no-messages" / "chat.db"))
+    for name in ("LC_ALL", "LC_TELEPHONE", "LC_CTYPE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LANG", "en_US.UTF-8")
     return folder
 
 
@@ -221,14 +227,18 @@ def test_pair_allows_the_sender_drops_the_code_and_writes_the_approval(state, ca
     assert (state / "approved" / STRANGER).read_text(encoding="utf-8") == DM_STRANGER
 
 
-def test_after_pair_the_server_texts_the_confirmation_to_the_senders_chat(state, capsys):
+def test_after_pair_the_server_texts_the_confirmation_to_the_senders_chat(state, capsys, chatdb_factory):
+    from imessage_channel.chatdb import ChatDB
     from imessage_channel.inbound import InboundPipeline, Send
 
+    path, sim = chatdb_factory("sonoma")
+    sim.receive(sim.dm(STRANGER), STRANGER, "hi, may I?")  # the text that got the code
     code_ = issue_code(state, STRANGER, DM_STRANGER, T0)
     with freeze_time(T0):
         access_cli(capsys, "pair", code_)
-    pipeline = InboundPipeline(db=None, store=AccessStore(state), owner=frozenset(), watermark=0)  # type: ignore[arg-type]
-    assert pipeline.approvals() == [Send(DM_STRANGER, PAIRED_CONFIRMATION)]
+    with ChatDB(path) as db:
+        pipeline = InboundPipeline(db=db, store=AccessStore(state), owner=frozenset(), watermark=0)
+        assert pipeline.approvals() == [Send(DM_STRANGER, PAIRED_CONFIRMATION)]
     assert not (state / "approved" / STRANGER).exists()
 
 

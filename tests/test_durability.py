@@ -350,11 +350,14 @@ def test_corrupt_delivery_file_catches_up_on_the_last_day(rig: Rig) -> None:
     rig.sentinel(server)
     # Treated as a restart with the catch-up window: the last day's texts arrive, older ones do not.
     assert contents(server) == ["earlier note to self", "an hour ago", "sentinel 1"]
-    assert (rig.home / "state" / "delivery.json.corrupt").read_text() == "{not json"
+    [aside] = (rig.home / "state").glob("delivery.json.corrupt-*")  # a unique name: never replaces an older one
+    assert aside.read_text() == "{not json"
 
 
 def test_corrupt_access_json_is_moved_aside_and_defaults_apply(rig: Rig) -> None:
     (rig.home / "state" / "access.json").write_text('{"allowFrom": [')
+    stale = time.time() - 60  # broken for a minute: nobody is writing it (a fresh one may be mid-write)
+    os.utime(rig.home / "state" / "access.json", (stale, stale))
     server = rig.start()
     rig.sim.receive(rig.friend, FRIEND, "friend no longer allowed (defaults)")
     rig.sentinel(server)

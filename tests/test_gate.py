@@ -154,7 +154,7 @@ TABLE = [
 @pytest.mark.parametrize("row", TABLE, ids=[r.what for r in TABLE])
 def test_policy_table(row: Row) -> None:
     msg = replace(BASE, **row.msg)
-    access = Access.from_json(row.access)
+    access = Access.from_json(row.access, region="US")  # the owner's region reads numbers typed without +
     assert decide(msg, access, allow_sms=row.allow_sms) == Decision(row.verdict, row.reason)
 
 

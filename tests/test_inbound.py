@@ -151,10 +151,11 @@ def test_pairing_codes_expire_after_an_hour_and_a_new_one_is_issued(tmp_path: Pa
 
 
 def test_approved_files_become_confirmations_and_are_consumed(rig: Rig) -> None:
+    # As `access pair` leaves things: the sender is in allowFrom, the file names their one-to-one chat.
     approved = rig.state / "approved"
     approved.mkdir()
-    (approved / "new@example.com").write_text("iMessage;-;new@example.com")
-    assert rig.pipe.approvals() == [Send("iMessage;-;new@example.com", "Paired! Say hi to Claude.")]
+    (approved / FRIEND).write_text(rig.friend.guid)
+    assert rig.pipe.approvals() == [Send(rig.friend.guid, "Paired! Say hi to Claude.")]
     assert rig.pipe.approvals() == []
 
 

@@ -373,8 +373,10 @@ def test_pairing_policy_texts_a_code_and_approved_file_gets_a_confirmation(tmp_p
         pending = json.loads((w.server.state / "access.json").read_text())["pending"]
         assert pending[code]["senderId"] == STRANGER
         approved = w.server.state / "approved"
-        approved.mkdir()
-        (approved / STRANGER).write_text(stranger.guid)
+        env = {**os.environ, "IMESSAGE_STATE_DIR": str(w.server.state)}
+        cli = [sys.executable, "-m", "imessage_channel", "access", "pair", code]
+        assert subprocess.run(cli, env=env, capture_output=True, timeout=60).returncode == 0  # as the owner does
+        assert (approved / STRANGER).read_text() == stranger.guid
         w.sim.text_self("wake up", typed_on="mac")  # any wake processes approved/
         confirm = w.server.wait_osascript(2)[1]
         assert confirm["argv"][1:] == ["Paired! Say hi to Claude.", stranger.guid]
