@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import pytest
 from fixtures import REFERENCE_DB
 from fixtures.chatdb_builder import create_chatdb
 from imessage_channel.simulator import MessagesSimulator
+from tests.harness import DemoRun
 
 ChatDBFactory = Callable[..., tuple[Path, MessagesSimulator]]
 
@@ -47,6 +50,19 @@ def reference_db(tmp_path: Path) -> Path:
     folder = tmp_path / "reference"
     folder.mkdir()
     return Path(shutil.copy2(REFERENCE_DB, folder / "chat.db"))
+
+
+@pytest.fixture(scope="session")
+def demo_run() -> DemoRun:
+    """The demo command, run once per test session (it starts two interpreters: ~3 s of CPU)."""
+    from imessage_channel.demo import demo_db_path
+
+    before = demo_db_path().read_bytes()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMESSAGE_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "imessage_channel", "demo"], capture_output=True, text=True, timeout=120, env=env
+    )
+    return DemoRun(done.returncode, done.stdout, done.stderr, before, demo_db_path().read_bytes())
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:

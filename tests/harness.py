@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +268,15 @@ def sentinel(server: ServerProcess, sim: MessagesSimulator, n: int) -> dict[str,
     text = f"sentinel {n}"
     sim.text_self(text, typed_on="mac")
     return server.wait_event(lambda e: e["content"] == text)
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """One run of `python -m imessage_channel demo` as a user runs it: exit code, stdout, stderr, and the
+    bundled demo database's bytes before and after."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    db_before: bytes
+    db_after: bytes

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import re
 import sqlite3
-import subprocess
-import sys
 
-from imessage_channel.demo import demo_db_path, run
+from imessage_channel.demo import demo_db_path
+from tests.harness import DemoRun
 
 
 def test_bundled_demo_database_holds_only_example_addresses() -> None:
@@ -19,10 +17,9 @@ def test_bundled_demo_database_holds_only_example_addresses() -> None:
     assert all(h.endswith("@example.com") or re.fullmatch(r"\+1555555\d{4}", h) for h in handles), handles
 
 
-def test_demo_delivers_one_event_sends_one_reply_and_drops_its_echo() -> None:
-    out = io.StringIO()
-    assert run(out) == 0
-    text = out.getvalue()
+def test_demo_delivers_one_event_sends_one_reply_and_drops_its_echo(demo_run: DemoRun) -> None:
+    assert demo_run.returncode == 0, demo_run.stderr
+    text = demo_run.stdout
     assert "✓ a channel" in text
     assert re.search(
         r'<channel source="imessage" chat_id="iMessage;-;owner@example.com" .*self_chat="true">\n   Hi Claude', text
@@ -31,11 +28,7 @@ def test_demo_delivers_one_event_sends_one_reply_and_drops_its_echo() -> None:
     assert re.search(r'osascript "-" "Saturday: .*\\nSent by Claude" "iMessage;-;owner@example.com"', text)
 
 
-def test_demo_command_leaves_the_bundled_database_untouched() -> None:
-    before = demo_db_path().read_bytes()
-    result = subprocess.run(
-        [sys.executable, "-m", "imessage_channel", "demo"], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
-    assert "demo finished: 1 event in, 1 send(s) out, 0 duplicate(s)" in result.stdout
-    assert demo_db_path().read_bytes() == before
+def test_demo_command_leaves_the_bundled_database_untouched(demo_run: DemoRun) -> None:
+    assert demo_run.returncode == 0, demo_run.stderr
+    assert "demo finished: 1 event in, 1 send(s) out, 0 duplicate(s)" in demo_run.stdout
+    assert demo_run.db_after == demo_run.db_before

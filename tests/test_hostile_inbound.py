@@ -129,27 +129,35 @@ class Pipe:
         self.db.close()
 
 
-offsets = st.lists(
-    st.lists(st.timedeltas(min_value=-timedelta(days=3650), max_value=timedelta(days=3650)), max_size=30),
-    min_size=1,
-    max_size=4,
+late = st.timedeltas(min_value=-DAY + timedelta(minutes=5), max_value=-LATE_AFTER - timedelta(minutes=5))
+skew = st.one_of(  # how far a sender's phone clock (or an offline phone) puts a row's date from now
+    st.timedeltas(min_value=-timedelta(days=3650), max_value=timedelta(days=3650)),  # anything at all
+    late,
+    st.timedeltas(min_value=-timedelta(minutes=30), max_value=timedelta(minutes=30)),  # a little off
 )
+read = st.one_of(st.lists(skew, max_size=30), st.lists(late, min_size=STORM_ROWS, max_size=STORM_ROWS + 10))
+offsets = st.lists(read, min_size=1, max_size=4)  # a few reads in a row; some are sync storms
+
+
+@pytest.fixture
+def one_pipe(tmp_path: Path):
+    """One pipeline for all of a property test's examples: each example goes on where the last one left."""
+    pipe = Pipe(tmp_path)
+    yield pipe
+    pipe.close()
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(reads=offsets)
-def test_whatever_dates_senders_clocks_write_self_chat_delivery_never_stops(tmp_path_factory, reads) -> None:
-    pipe = Pipe(tmp_path_factory.mktemp("pipe"))
-    try:
-        for n, read in enumerate(reads):
-            with pipe.sim.batch():  # one read: the friend's rows, whatever their dates, then the owner's text
-                for offset in read:
-                    pipe.sim.receive(pipe.friend, FRIEND, "from a skewed phone", date=pipe.clock.now() + offset)
-                pipe.sim.text_self(f"note {n}", typed_on="mac")
-            assert f"note {n}" in pipe.delivered()
-            pipe.clock.advance(timedelta(minutes=1))
-    finally:
-        pipe.close()
+def test_whatever_dates_senders_clocks_write_self_chat_delivery_never_stops(one_pipe: Pipe, reads) -> None:
+    pipe = one_pipe
+    for n, read in enumerate(reads):
+        with pipe.sim.batch():  # one read: the friend's rows, whatever their dates, then the owner's text
+            for offset in read:
+                pipe.sim.receive(pipe.friend, FRIEND, "from a skewed phone", date=pipe.clock.now() + offset)
+            pipe.sim.text_self(f"note {n}", typed_on="mac")
+        assert f"note {n}" in pipe.delivered()
+        pipe.clock.advance(timedelta(minutes=1))
 
 
 def test_a_friend_whose_clock_is_a_week_ahead_blinds_nothing_not_even_after_a_restart(rig: Rig) -> None:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import DemoRun
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -89,15 +91,8 @@ def test_ctrl_c_in_the_first_moments_of_serve_prints_no_traceback() -> None:
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
 
 
-def _demo_output() -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "imessage_channel", "demo"], capture_output=True, text=True, cwd=ROOT, check=True
-    )
-    return done.stdout
-
-
-def test_the_demo_explains_what_it_shows_and_how_to_run_it_for_real() -> None:
-    out = _demo_output()
+def test_the_demo_explains_what_it_shows_and_how_to_run_it_for_real(demo_run: DemoRun) -> None:
+    out = demo_run.stdout
     assert "`osascript -` reads the send script" in out
     assert "reply signature" in out and "IMESSAGE_APPEND_SIGNATURE" in out
     closing = out[out.index("For real, on a Mac") :]
@@ -115,10 +110,11 @@ def _comparable(text: str) -> str:
     return re.sub(r"\s+", "", text)
 
 
-def test_the_readmes_demo_picture_shows_what_the_demo_prints_now() -> None:
+def test_the_readmes_demo_picture_shows_what_the_demo_prints_now(demo_run: DemoRun) -> None:
     svg = (ROOT / "docs" / "demo.svg").read_text(encoding="utf-8")
     shown = _comparable(html.unescape("".join(re.findall(r"<text[^>]*>(.*?)</text>", svg, re.DOTALL))))
-    for line in _demo_output().splitlines():
+    assert demo_run.returncode == 0, demo_run.stderr
+    for line in demo_run.stdout.splitlines():
         assert _comparable(line) in shown, f"docs/demo.svg is stale (scripts/demo_svg.py); missing: {line!r}"
     assert "![The demo's output](docs/demo.svg)" in _first_screen()
 
