@@ -134,7 +134,7 @@ _CHUNK_BYTES = 1 << 20
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
-OUTBOX_NAME = "imessage-channel-outbox"
+STAGING_NAME = "imessage-channel-staging"
 """Staging folder under the Messages directory; each staged file gets its own `<uuid>/` folder."""
 
 DEFAULT_STAGE_TTL = 600.0
@@ -637,7 +637,7 @@ class Sender:
     `state_dir` is the channel's state (`IMESSAGE_STATE_DIR`): no file in it is ever sent, whatever path
     reaches it (see `check_file`). `protected` names more files never to send, by identity (device and
     inode): the server passes chat.db and its -wal/-shm (`sqlite_files`).
-    `messages_dir` is where staged copies go (`<messages_dir>/imessage-channel-outbox/<uuid>/`; default
+    `messages_dir` is where staged copies go (`<messages_dir>/imessage-channel-staging/<uuid>/`; default
     `~/Library/Messages`). `max_file_bytes` caps each file (default `MAX_FILE_BYTES`, 100 MiB).
     `timeout` bounds each AppleScript call, in seconds. Calls to `send` are serialised.
     """
@@ -658,7 +658,7 @@ class Sender:
         self._state_dir = Path(state_dir).expanduser()
         self._protected = tuple(Path(p).expanduser() for p in protected)
         self._max_file_bytes = max_file_bytes
-        self.outbox = Path(messages_dir or Path.home() / MESSAGES_DIR).expanduser() / OUTBOX_NAME
+        self.staging = Path(messages_dir or Path.home() / MESSAGES_DIR).expanduser() / STAGING_NAME
         self._timeout = timeout
         self._resolved: dict[str, _Target] = {}
         self._lock = threading.Lock()
@@ -812,7 +812,7 @@ class Sender:
         current = self._clock.wall() if now is None else now
         removed = 0
         try:
-            entries = list(os.scandir(self.outbox))
+            entries = list(os.scandir(self.staging))
         except OSError:
             return 0
         for entry in entries:
@@ -852,14 +852,14 @@ class Sender:
         (anthropics/claude-plugins-official#1113, design.md §6). The copy stops, and is removed, past
         `max_file_bytes` (a file growing while copied). Returns the copy's path. Raises `SendError`."""
         fd, real = self._open_checked(name)
-        folder = self.outbox / uuid.uuid4().hex
+        folder = self.staging / uuid.uuid4().hex
         try:
             try:
                 folder.mkdir(parents=True, mode=0o700)
                 staged = folder / real.name
                 self._copy(fd, staged, name)
             except OSError as exc:
-                raise SendError(f"could not stage {real.name} under {self.outbox}: {exc}") from None
+                raise SendError(f"could not stage {real.name} under {self.staging}: {exc}") from None
         except SendError:
             shutil.rmtree(folder, ignore_errors=True)
             raise

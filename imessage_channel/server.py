@@ -76,7 +76,7 @@ from .sender import (
     text_parts,
 )
 from .transport import StdinLines, StdoutLines
-from .watcher import SAFETY_POLL_S, Waker
+from .waker import SAFETY_POLL_S, Waker
 
 log = logging.getLogger("imessage_channel")
 

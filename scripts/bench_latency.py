@@ -58,7 +58,7 @@ from typing import IO, Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fixtures.chatdb_builder import create_chatdb
-from imessage_channel.simulator import ChatRef, MessagesSimulator
+from imessage_channel.devtools.simulator import ChatRef, MessagesSimulator
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fixtures.chatdb_builder import create_chatdb
-from imessage_channel.simulator import MessagesSimulator
+from imessage_channel.devtools.simulator import MessagesSimulator
 from tests.harness import ServerProcess, sentinel
 
 

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench_owner
 from bench_latency import OWNER, Target, peak_rss_mib, prepare_db, spawn_server, write_one
 
-from imessage_channel.simulator import MessagesSimulator
+from imessage_channel.devtools.simulator import MessagesSimulator
 
 DEFAULT_DB = Path("/tmp/big/chat.db")
 HISTORY_LIMIT = 100

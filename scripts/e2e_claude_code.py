@@ -70,7 +70,7 @@ from typing import Any, BinaryIO, NoReturn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fixtures.chatdb_builder import create_chatdb
-from imessage_channel.simulator import MessagesSimulator
+from imessage_channel.devtools.simulator import MessagesSimulator
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve()

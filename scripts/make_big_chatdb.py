@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fixtures.chatdb_builder import VERSIONS, create_chatdb, message_columns, register_trigger_stubs
 from imessage_channel.appletime import to_apple_ns
-from imessage_channel.typedstream import AttributeRun, encode_attributed_body, utf16_len
+from imessage_channel.devtools.typedstream_writer import encode_attributed_body
+from imessage_channel.typedstream import AttributeRun, utf16_len
 
 OWNER = "owner@example.com"
 OWNER_PHONE = "+15555550100"

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_latency import OWNER, percentile, prepare_db, start_server, write_one
 
-from imessage_channel.simulator import MessagesSimulator
+from imessage_channel.devtools.simulator import MessagesSimulator
 
 BALLAST = """
 import os, sys

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from e2e_claude_code import find_claude
 
 from fixtures.chatdb_builder import create_chatdb
-from imessage_channel.simulator import MessagesSimulator
+from imessage_channel.devtools.simulator import MessagesSimulator
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = (ROOT / ".claude-plugin" / "plugin.json", ROOT / ".claude-plugin" / "marketplace.json")

@@ -20,7 +20,7 @@ import pytest
 
 from fixtures import REFERENCE_DB
 from fixtures.chatdb_builder import create_chatdb
-from imessage_channel.simulator import MessagesSimulator
+from imessage_channel.devtools.simulator import MessagesSimulator
 from tests.harness import DemoRun
 
 ChatDBFactory = Callable[..., tuple[Path, MessagesSimulator]]
@@ -55,7 +55,7 @@ def reference_db(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def demo_run() -> DemoRun:
     """The demo command, run once per test session (it starts two interpreters: ~3 s of CPU)."""
-    from imessage_channel.demo import demo_db_path
+    from imessage_channel.cli.demo import demo_db_path
 
     before = demo_db_path().read_bytes()
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMESSAGE_")}

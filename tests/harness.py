@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imessage_channel.simulator import MessagesSimulator
+from imessage_channel.devtools.simulator import MessagesSimulator
 from tests.zygote_client import spawn
 
 FAKES_BIN = Path(__file__).resolve().parent / "fakes" / "bin"

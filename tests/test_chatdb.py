@@ -29,7 +29,7 @@ from imessage_channel.chatdb import (
     is_self_chat,
     parse_associated_guid,
 )
-from imessage_channel.simulator import AttachmentSpec, MessagesSimulator
+from imessage_channel.devtools.simulator import AttachmentSpec, MessagesSimulator
 
 OWNER = "owner@example.com"
 FRIEND = "friend@example.com"

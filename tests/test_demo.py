@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import sqlite3
 
-from imessage_channel.demo import demo_db_path
+from imessage_channel.cli.demo import demo_db_path
 from tests.harness import DemoRun
 
 

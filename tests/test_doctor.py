@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 
 from fixtures.chatdb_builder import create_chatdb
-from imessage_channel import doctor
 from imessage_channel.chatdb import ChatDB
-from imessage_channel.cli import main
-from imessage_channel.doctor import Status
+from imessage_channel.cli import doctor, main
+from imessage_channel.cli.doctor import Status
 
 FAKES_BIN = Path(__file__).resolve().parent / "fakes" / "bin"
 OWNER = "owner@example.com"

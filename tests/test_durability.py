@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from fixtures.chatdb_builder import create_chatdb
+from imessage_channel.devtools.simulator import AttachmentSpec, MessagesSimulator, register_trigger_stubs
 from imessage_channel.sender import text_parts
-from imessage_channel.simulator import AttachmentSpec, MessagesSimulator, register_trigger_stubs
 from tests.harness import ServerProcess, sentinel
 
 OWNER = "owner@example.com"

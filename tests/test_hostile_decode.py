@@ -40,7 +40,10 @@ from imessage_channel.chatdb import (
     plain_id,
     tapback_of,
 )
+from imessage_channel.cli.watch import DROPPED, decision_words
 from imessage_channel.clock import ManualClock
+from imessage_channel.devtools.simulator import AttachmentSpec, MessagesSimulator
+from imessage_channel.devtools.typedstream_writer import encode_attributed_body
 from imessage_channel.echo import EchoFilter
 from imessage_channel.inbound import (
     HOLD_PENALTY_S,
@@ -53,7 +56,6 @@ from imessage_channel.inbound import (
     RowDecision,
 )
 from imessage_channel.render import describe
-from imessage_channel.simulator import AttachmentSpec, MessagesSimulator
 from imessage_channel.typedstream import (
     FILE_TRANSFER_GUID_KEY,
     MESSAGE_PART_KEY,
@@ -61,9 +63,7 @@ from imessage_channel.typedstream import (
     AttributeRun,
     NSNumberInt,
     decode_attributed_body,
-    encode_attributed_body,
 )
-from imessage_channel.watch import DROPPED, decision_words
 from tests.harness import ServerProcess, sentinel
 from tests.test_chatdb import _full_scans, _query_plans
 

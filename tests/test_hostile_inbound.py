@@ -26,9 +26,9 @@ from fixtures.chatdb_builder import create_chatdb
 from imessage_channel.access import AccessStore
 from imessage_channel.chatdb import ChatDB
 from imessage_channel.clock import ManualClock
+from imessage_channel.devtools.simulator import MessagesSimulator
 from imessage_channel.echo import EchoFilter
 from imessage_channel.inbound import LATE_AFTER, STORM_ROWS, Age, Deliver, InboundPipeline, is_storm, judge_age
-from imessage_channel.simulator import MessagesSimulator
 from tests.harness import PERMISSION
 from tests.test_durability import FRIEND, OWNER, Rig, contents
 

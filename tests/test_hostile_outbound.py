@@ -32,13 +32,14 @@ import pytest
 from fixtures.chatdb_builder import create_chatdb
 from imessage_channel import sender as sender_mod
 from imessage_channel.access import Access, AccessStore
+from imessage_channel.devtools.simulator import MessagesSimulator
 from imessage_channel.gate import mentioned
 from imessage_channel.patterns import PatternError, compile_pattern
 from imessage_channel.sender import (
     MAX_CHUNK_LIMIT,
     MAX_FILES,
     MAX_TEXT_PARTS,
-    OUTBOX_NAME,
+    STAGING_NAME,
     SEND_FILE_SCRIPT,
     OsascriptBackend,
     Sender,
@@ -47,7 +48,6 @@ from imessage_channel.sender import (
     sqlite_files,
     text_parts,
 )
-from imessage_channel.simulator import MessagesSimulator
 from imessage_channel.wire import IdScanner, LineSplitter, Oversized, screen
 from tests.harness import FAKES_BIN, ServerProcess
 
@@ -118,8 +118,8 @@ def chat_db(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def outbox(tmp_path: Path) -> Path:
-    return tmp_path / "Messages" / OUTBOX_NAME
+def staging(tmp_path: Path) -> Path:
+    return tmp_path / "Messages" / STAGING_NAME
 
 
 @pytest.fixture
@@ -142,9 +142,9 @@ def photo(tmp_path: Path) -> Path:
     return path
 
 
-def staged_copies(outbox: Path) -> list[Path]:
-    """Every file under the outbox (each staged copy lives in its own `<uuid>/` folder)."""
-    return sorted(p for p in outbox.rglob("*") if p.is_file()) if outbox.exists() else []
+def staged_copies(staging: Path) -> list[Path]:
+    """Every file under the staging folder (each staged copy lives in its own `<uuid>/` folder)."""
+    return sorted(p for p in staging.rglob("*") if p.is_file()) if staging.exists() else []
 
 
 def sparse(path: Path, size: int) -> Path:
@@ -167,7 +167,7 @@ SWAPS: list[tuple[str, Callable[[Path, Path, Path], Path | str], str]] = [
 
 @pytest.mark.parametrize(("case", "replacement", "how"), SWAPS, ids=[s[0] for s in SWAPS])
 def test_a_file_swapped_while_the_text_is_sent_is_sent_as_it_was_checked(
-    sender: Sender, osa: Osa, photo: Path, outbox: Path, tmp_path: Path, state_dir: Path, chat_db: Path,
+    sender: Sender, osa: Osa, photo: Path, staging: Path, tmp_path: Path, state_dir: Path, chat_db: Path,
     case: str, replacement: Callable[[Path, Path, Path], Path | str], how: str,
 ) -> None:  # fmt: skip
     osa.swap(photo, replacement(tmp_path, state_dir, chat_db), how)
@@ -181,7 +181,7 @@ def test_a_file_swapped_while_the_text_is_sent_is_sent_as_it_was_checked(
     assert file_call["stdin"] == SEND_FILE_SCRIPT
     staged = Path(file_call["argv"][1])
     assert staged.read_bytes() == ORIGINAL  # copied before the swap, from the descriptor that was checked
-    assert staged_copies(outbox) == [staged]
+    assert staged_copies(staging) == [staged]
 
 
 # --- item 6: races between the check and the open, and during the copy ---------------------------------
@@ -234,7 +234,7 @@ RACES = [
 
 @pytest.mark.parametrize(("case", "complaint"), RACES, ids=[r[0] for r in RACES])
 def test_a_swap_between_check_and_open_is_refused_and_nothing_is_sent(
-    sender: Sender, osa: Osa, outbox: Path, tmp_path: Path, state_dir: Path, chat_db: Path,
+    sender: Sender, osa: Osa, staging: Path, tmp_path: Path, state_dir: Path, chat_db: Path,
     monkeypatch: pytest.MonkeyPatch, case: str, complaint: str,
 ) -> None:  # fmt: skip
     folder = tmp_path / "work" / "state-lookalike"
@@ -261,11 +261,11 @@ def test_a_swap_between_check_and_open_is_refused_and_nothing_is_sent(
     assert err.value.sent_parts == 0 and not err.value.transient
     assert err.value.message.startswith("sent 0 of 2 parts; part 2 (file access.json) failed: ")
     assert osa.calls() == []
-    assert staged_copies(outbox) == []
+    assert staged_copies(staging) == []
 
 
 def test_a_file_that_grows_past_the_cap_while_copied_is_refused_and_its_partial_copy_removed(
-    osa: Osa, state_dir: Path, photo: Path, outbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    osa: Osa, state_dir: Path, photo: Path, staging: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sender = Sender(OsascriptBackend(), state_dir=state_dir, messages_dir=tmp_path / "Messages", max_file_bytes=1000)
     photo.write_bytes(b"x" * 900)
@@ -284,8 +284,8 @@ def test_a_file_that_grows_past_the_cap_while_copied_is_refused_and_its_partial_
 
     assert err.value.sent_parts == 0
     assert osa.calls() == []
-    assert staged_copies(outbox) == []
-    assert list(outbox.iterdir()) == []  # the copy's folder went too
+    assert staged_copies(staging) == []
+    assert list(staging.iterdir()) == []  # the copy's folder went too
 
 
 # --- item 6: the same file under another name --------------------------------------------------------
@@ -302,7 +302,7 @@ ALIASES = [
 
 @pytest.mark.parametrize(("case", "original"), ALIASES, ids=[a[0] for a in ALIASES])
 def test_another_name_for_a_protected_file_is_refused(
-    sender: Sender, osa: Osa, outbox: Path, tmp_path: Path, state_dir: Path, chat_db: Path,
+    sender: Sender, osa: Osa, staging: Path, tmp_path: Path, state_dir: Path, chat_db: Path,
     case: str, original: Callable[[Path, Path], Path],
 ) -> None:  # fmt: skip
     """A hard link (and so a bind mount, or `…/IMESSAGE/access.json` on case-insensitive APFS: the same
@@ -313,7 +313,7 @@ def test_another_name_for_a_protected_file_is_refused(
     with pytest.raises(SendError, match="refusing to send channel state"):
         sender.send(DM, "x", [str(alias)])
     assert osa.calls() == []
-    assert staged_copies(outbox) == []
+    assert staged_copies(staging) == []
 
 
 def test_a_state_file_kept_elsewhere_and_linked_in_is_protected_at_its_real_place(
@@ -358,7 +358,7 @@ def test_a_symlink_to_an_ordinary_file_is_sent_as_its_target(sender: Sender, osa
 
 
 def test_every_file_is_staged_before_any_text_and_a_refused_one_leaves_no_copies(
-    sender: Sender, osa: Osa, photo: Path, outbox: Path, tmp_path: Path
+    sender: Sender, osa: Osa, photo: Path, staging: Path, tmp_path: Path
 ) -> None:
     second = tmp_path / "second.txt"
     second.write_text("two")
@@ -367,11 +367,11 @@ def test_every_file_is_staged_before_any_text_and_a_refused_one_leaves_no_copies
         sender.send(DM, "text", [str(photo), str(second), str(tmp_path / "missing.png")])
 
     assert osa.calls() == []
-    assert staged_copies(outbox) == []
+    assert staged_copies(staging) == []
 
 
 def test_when_a_part_fails_the_copies_not_yet_handed_to_messages_are_removed(
-    sender: Sender, osa: Osa, photo: Path, outbox: Path, tmp_path: Path
+    sender: Sender, osa: Osa, photo: Path, staging: Path, tmp_path: Path
 ) -> None:
     second = tmp_path / "second.txt"
     second.write_text("two")
@@ -381,7 +381,7 @@ def test_when_a_part_fails_the_copies_not_yet_handed_to_messages_are_removed(
         sender.send(DM, "text", [str(photo), str(second)])
 
     handed_over = Path(osa.calls()[1]["argv"][1])
-    assert staged_copies(outbox) == [handed_over]  # Messages may still read it; the unsent one is gone
+    assert staged_copies(staging) == [handed_over]  # Messages may still read it; the unsent one is gone
 
 
 # --- item 11: limits ---------------------------------------------------------------------------------
@@ -492,7 +492,7 @@ class World:
         (self.server.state / "access.json").write_text(json.dumps(access))
         self.server.start()
         self.server.initialize()
-        self.outbox = self.server.home / "Library" / "Messages" / OUTBOX_NAME
+        self.staging = self.server.home / "Library" / "Messages" / STAGING_NAME
 
     def reply(self, text: str, files: list[str] | None = None) -> dict:
         args: dict = {"chat_id": self.me.guid, "text": text}

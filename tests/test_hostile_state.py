@@ -35,12 +35,12 @@ from pathlib import Path
 
 import pytest
 
-from imessage_channel import doctor, statefile
+from imessage_channel import statefile
 from imessage_channel.access import Access, AccessStore, AccessUnavailableError, allow
-from imessage_channel.cli import main
+from imessage_channel.cli import doctor, main
+from imessage_channel.cli.doctor import Status
 from imessage_channel.clock import ManualClock
 from imessage_channel.delivery import parse_state
-from imessage_channel.doctor import Status
 from imessage_channel.handles import CountryCodeNeeded, HandleError, normalize_handle, parse_handle, pick_region
 from tests.test_durability import FRIEND, Rig
 

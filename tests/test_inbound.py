@@ -12,9 +12,9 @@ from fixtures.chatdb_builder import create_chatdb
 from imessage_channel.access import AccessStore
 from imessage_channel.chatdb import ChatDB
 from imessage_channel.clock import ManualClock
+from imessage_channel.devtools.simulator import MessagesSimulator
 from imessage_channel.echo import EchoFilter
 from imessage_channel.inbound import JOIN_GRACE_S, Deliver, InboundPipeline, PermissionVerdict, Send, iso_utc
-from imessage_channel.simulator import MessagesSimulator
 
 OWNER = "owner@example.com"
 FRIEND = "friend@example.com"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from imessage_channel.progress import Progress, track
+from imessage_channel.cli.progress import Progress, track
 
 
 class Terminal(io.StringIO):

@@ -19,6 +19,7 @@ from fixtures.chatdb_builder import create_chatdb
 from imessage_channel.access import Access, AccessStore
 from imessage_channel.chatdb import ChatDB
 from imessage_channel.clock import ManualClock
+from imessage_channel.devtools.simulator import AttachmentSpec, MessagesSimulator
 from imessage_channel.echo import EchoFilter
 from imessage_channel.inbound import (
     ATTACHMENT_WAIT_S,
@@ -30,7 +31,6 @@ from imessage_channel.inbound import (
 )
 from imessage_channel.media import image_dimensions
 from imessage_channel.server import reply_signature
-from imessage_channel.simulator import AttachmentSpec, MessagesSimulator
 from tests.harness import FAKES_BIN, PERMISSION, ServerProcess, sentinel
 from tests.test_media import heic_bytes
 

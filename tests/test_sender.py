@@ -25,7 +25,7 @@ from imessage_channel.sender import (
     DEFAULT_SIGNATURE,
     MAX_CHUNK_LIMIT,
     MAX_FILE_BYTES,
-    OUTBOX_NAME,
+    STAGING_NAME,
     SEND_FILE_PARTICIPANT_SCRIPT,
     SEND_FILE_SCRIPT,
     SEND_PARTICIPANT_SCRIPT,
@@ -649,7 +649,7 @@ def test_files_are_staged_under_messages_and_sent_after_the_text(sender, osa, tm
     assert file_call["stdin"] == SEND_FILE_SCRIPT
     staged = Path(file_call["argv"][1])
     assert file_call["argv"][2] == DM
-    assert staged.parent.parent == messages_dir / OUTBOX_NAME
+    assert staged.parent.parent == messages_dir / STAGING_NAME
     assert re.fullmatch(r"[0-9a-f]{32}", staged.parent.name)
     assert staged.name == "photo.png"
     assert staged.read_bytes() == b"\x89PNG data"
@@ -690,7 +690,7 @@ def _stage_dir(outbox: Path, name: str, mtime: float) -> Path:
 
 
 def test_cleanup_removes_only_staged_folders_older_than_the_limit(sender, messages_dir):
-    outbox = messages_dir / OUTBOX_NAME
+    outbox = messages_dir / STAGING_NAME
     now = 1_800_000_000.0
     old = _stage_dir(outbox, "old", now - 601)
     fresh = _stage_dir(outbox, "fresh", now - 599)
@@ -707,7 +707,7 @@ def test_cleanup_without_an_outbox_is_a_no_op(sender):
 
 
 def test_each_send_cleans_up_old_staged_copies_first(sender, messages_dir):
-    outbox = messages_dir / OUTBOX_NAME
+    outbox = messages_dir / STAGING_NAME
     old = _stage_dir(outbox, "old", 1_000_000.0)  # 1970: long expired
 
     sender.send(DM, "hi")

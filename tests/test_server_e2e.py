@@ -18,7 +18,7 @@ from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters
 
 from fixtures.chatdb_builder import create_chatdb
-from imessage_channel.simulator import AttachmentSpec, MessagesSimulator
+from imessage_channel.devtools.simulator import AttachmentSpec, MessagesSimulator
 from tests.harness import PERMISSION, ServerProcess, sentinel
 
 OWNER = "owner@example.com"

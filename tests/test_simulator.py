@@ -15,7 +15,7 @@ import typedstream as oracle
 from fixtures.chatdb_builder import VERSIONS
 from imessage_channel.appletime import to_apple_ns
 from imessage_channel.chatdb import ChatDB, Kind
-from imessage_channel.simulator import AttachmentSpec, MessagesSimulator
+from imessage_channel.devtools.simulator import AttachmentSpec, MessagesSimulator
 from imessage_channel.typedstream import decode_attributed_body
 
 OWNER = "owner@example.com"

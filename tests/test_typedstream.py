@@ -15,6 +15,8 @@ from typedstream.types import foundation as ns
 
 from fixtures import REFERENCE_DB
 from imessage_channel import typedstream as ts
+from imessage_channel.devtools import typedstream_writer as tw
+from imessage_channel.devtools.typedstream_writer import encode_attributed_body
 from imessage_channel.typedstream import (
     FILE_TRANSFER_GUID_KEY,
     LINK_KEY,
@@ -24,7 +26,6 @@ from imessage_channel.typedstream import (
     AttributeRun,
     NSNumberInt,
     decode_attributed_body,
-    encode_attributed_body,
     utf16_len,
 )
 
@@ -529,9 +530,9 @@ def test_huge_array_counts_and_cyclic_class_chains_are_refused():
 
 def _shared_dictionary_blob(count: int, entries: dict[str, int]) -> bytes:
     """An attributed string of `count` one-character runs that all reference one attributes dictionary."""
-    writer = ts._Writer()
+    writer = tw._Writer()
     writer.types(b"@")
-    writer.begin_object(ts._CHAIN_ATTRIBUTED)
+    writer.begin_object(tw._CHAIN_ATTRIBUTED)
     writer.string("x" * count, share=False)
     writer.types(b"iI")
     writer.integer(1)

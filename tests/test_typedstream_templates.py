@@ -14,7 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imessage_channel import typedstream as ts
-from imessage_channel.typedstream import AttributedText, AttributeRun, encode_attributed_body, utf16_len
+from imessage_channel.devtools import typedstream_writer as tw
+from imessage_channel.devtools.typedstream_writer import encode_attributed_body
+from imessage_channel.typedstream import AttributedText, AttributeRun, utf16_len
 
 PART = ts.MESSAGE_PART_KEY
 TRANSFER = ts.FILE_TRANSFER_GUID_KEY
@@ -115,7 +117,7 @@ def test_mutated_blobs_decode_as_a_full_parse_after_learning(data: st.DataObject
 
 
 def test_a_bare_string_archive_is_reused_with_no_runs() -> None:
-    writer = ts._Writer()
+    writer = tw._Writer()
     writer.string("just a string", share=False)
     learned = bytes(writer.out)
     assert ts._decode(learned) == AttributedText("just a string", ())
@@ -127,16 +129,16 @@ def test_a_bare_string_archive_is_reused_with_no_runs() -> None:
 
 def test_an_attribute_that_references_the_text_object_is_never_templated() -> None:
     # A dictionary whose value is a reference to the NSString holding the text: its value is the text.
-    writer = ts._Writer()
+    writer = tw._Writer()
     writer.types(b"@")
-    writer.begin_object(ts._CHAIN_ATTRIBUTED)
+    writer.begin_object(tw._CHAIN_ATTRIBUTED)
     string_index = writer._entries
     writer.string("secret", share=False)
     writer.types(b"iI")
     writer.integer(1)
     writer.integer(6)
     writer.types(b"@")
-    writer.begin_object(ts._CHAIN_DICTIONARY)
+    writer.begin_object(tw._CHAIN_DICTIONARY)
     writer.types(b"i")
     writer.integer(1)
     writer.string("echo")
@@ -185,11 +187,11 @@ def test_the_cache_stays_bounded() -> None:
 def test_a_shorter_blob_that_runs_out_of_value_budget_is_parsed_in_full() -> None:
     # `!` values take no bytes; a group of 200 of them, referenced ten times, spends ~2 000 values from a
     # budget of twice the blob's length. With a long text it fits; with a short one the parse stops early.
-    writer = ts._Writer()
+    writer = tw._Writer()
     writer.types(b"@")
-    writer.begin_object(ts._CHAIN_ATTRIBUTED)
+    writer.begin_object(tw._CHAIN_ATTRIBUTED)
     writer.types(b"@")
-    writer.begin_object(ts._CHAIN_STRING)
+    writer.begin_object(tw._CHAIN_STRING)
     writer.types(b"+")
     writer.integer(1000)
     writer.out += b"x" * 1000

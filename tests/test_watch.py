@@ -22,8 +22,8 @@ import pytest
 from imessage_channel.access import AccessStore, allow
 from imessage_channel.chatdb import Kind, Message
 from imessage_channel.cli import main
+from imessage_channel.cli.watch import decision_words, format_line
 from imessage_channel.inbound import RowDecision
-from imessage_channel.watch import decision_words, format_line
 
 PROJECT = Path(__file__).resolve().parents[1]
 FRIEND = "friend@example.com"

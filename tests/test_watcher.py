@@ -12,8 +12,8 @@ from watchdog.events import FileCreatedEvent, FileModifiedEvent, FileMovedEvent
 
 from fixtures.chatdb_builder import create_chatdb
 from imessage_channel.chatdb import ChatDB
-from imessage_channel.simulator import MessagesSimulator
-from imessage_channel.watcher import Waker, _Handler
+from imessage_channel.devtools.simulator import MessagesSimulator
+from imessage_channel.waker import Waker, _Handler
 
 
 @pytest.mark.parametrize(

@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
-from .chatdb import ChatDB, ChatDBError, Message, default_db_path
+from .. import __version__
+from ..chatdb import ChatDB, ChatDBError, Message, default_db_path
+from ..render import describe, render_conversation
 from .progress import Progress
-from .render import describe, render_conversation
 
 
 def _message_json(msg: Message) -> dict[str, object]:
@@ -118,7 +118,7 @@ def _at_least_one(value: str) -> int:
 
 
 def _serve() -> int:
-    from .server import main as serve_main
+    from ..server import main as serve_main
 
     return serve_main()
 
@@ -130,7 +130,7 @@ def _demo(_args: argparse.Namespace) -> int:
 
 
 def _access(args: argparse.Namespace) -> int:
-    from .access_cli import run
+    from .access import run
 
     return run(args)
 

@@ -39,8 +39,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .appletime import to_apple_ns
-from .typedstream import AttributeRun, encode_attributed_body, utf16_len
+from ..appletime import to_apple_ns
+from ..typedstream import AttributeRun, utf16_len
+from .typedstream_writer import encode_attributed_body
 
 PART = "__kIMMessagePartAttributeName"
 TRANSFER = "__kIMFileTransferGUIDAttributeName"

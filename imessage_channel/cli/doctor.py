@@ -46,13 +46,13 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from . import statefile
-from .access import ACCESS_FILE, APPROVED_DIR, Access, DmPolicy, state_dir, static_mode
-from .chatdb import FULL_DISK_ACCESS_HELP, ChatDB, ChatDBError, default_db_path, is_self_chat
-from .delivery import LOG_FILE, STATE_FILE
-from .handles import pick_region
-from .outbox import OUTBOX_FILE
-from .sender import AUTOMATION_HELP, ERR_NOT_AUTHORIZED, OsascriptBackend, Sender, SendError, default_backend
+from .. import statefile
+from ..access import ACCESS_FILE, APPROVED_DIR, Access, DmPolicy, state_dir, static_mode
+from ..chatdb import FULL_DISK_ACCESS_HELP, ChatDB, ChatDBError, default_db_path, is_self_chat
+from ..delivery import LOG_FILE, STATE_FILE
+from ..handles import pick_region
+from ..outbox import OUTBOX_FILE
+from ..sender import AUTOMATION_HELP, ERR_NOT_AUTHORIZED, OsascriptBackend, Sender, SendError, default_backend
 
 PROTOCOL_VERSION = "2025-11-25"
 """The MCP revision Claude Code asks for in `initialize` (design §3; the e2e tests use the same)."""

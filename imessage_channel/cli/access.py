@@ -39,9 +39,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import access as access_mod
-from . import handles, statefile
-from .access import (
+from .. import access as access_mod
+from .. import handles, statefile
+from ..access import (
     MAX_TEXT_CHUNK_LIMIT,
     Access,
     AccessStore,
@@ -54,10 +54,10 @@ from .access import (
     state_dir,
     static_mode,
 )
-from .chatdb import ChatDB, ChatDBError, default_db_path
-from .clock import SYSTEM
-from .handles import HandleError, PhoneRegion, Region, pick_region
-from .patterns import pattern_error
+from ..chatdb import ChatDB, ChatDBError, default_db_path
+from ..clock import SYSTEM
+from ..handles import HandleError, PhoneRegion, Region, pick_region
+from ..patterns import pattern_error
 
 SET_KEYS = ("textChunkLimit", "chunkMode", "mentionPatterns", "appendSignature")
 """Keys `set` accepts (the official skill's list)."""

@@ -28,12 +28,12 @@ from collections.abc import Callable
 from datetime import tzinfo
 from typing import TextIO
 
-from .access import AccessStore
-from .chatdb import ChatDB, ChatDBError, Message, default_db_path
-from .handles import pick_region
-from .inbound import InboundPipeline, RowDecision
-from .render import QuoteLookup, describe, first_words, sender_label
-from .watcher import SAFETY_POLL_S, Waker
+from ..access import AccessStore
+from ..chatdb import ChatDB, ChatDBError, Message, default_db_path
+from ..handles import pick_region
+from ..inbound import InboundPipeline, RowDecision
+from ..render import QuoteLookup, describe, first_words, sender_label
+from ..waker import SAFETY_POLL_S, Waker
 
 PREVIEW_CHARS = 48
 """How much of a message's text a line shows."""

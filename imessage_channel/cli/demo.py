@@ -31,9 +31,9 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from pydantic import BaseModel
 
-from .sender import DEFAULT_SIGNATURE
-from .server import LISTEN_GRACE_S
-from .simulator import MessagesSimulator
+from ..devtools.simulator import MessagesSimulator
+from ..sender import DEFAULT_SIGNATURE
+from ..server import LISTEN_GRACE_S
 
 OWNER = "owner@example.com"
 OWNER_PHONE = "+15555550100"
