@@ -519,18 +519,6 @@ def deny(access: Access, code: str) -> Access:
 # --- storage ------------------------------------------------------------------------------------
 
 
-def state_dir() -> Path:
-    """The state directory: env `IMESSAGE_STATE_DIR` (`~` expanded), default `~/.claude/channels/imessage`
-    (the official plugin's variable and default)."""
-    env = os.environ.get("IMESSAGE_STATE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".claude" / "channels" / "imessage"
-
-
-def static_mode() -> bool:
-    """True when env `IMESSAGE_ACCESS_MODE` is exactly `static` (official server.ts `STATIC`)."""
-    return os.environ.get("IMESSAGE_ACCESS_MODE") == "static"
-
-
 locked = statefile.locked
 """`statefile.locked`: the advisory lock `<state>/access.json.lock` shared by `AccessStore.update`, the CLI
 and every move-aside in the state dir."""
@@ -610,11 +598,6 @@ class AccessStore:
             log.warning('static mode: dmPolicy "pairing" downgraded to "allowlist"')
             boot = replace(boot, dm_policy=DmPolicy.ALLOWLIST)
         self._boot = replace(boot, pending={})
-
-    @classmethod
-    def from_env(cls, region: Region = None) -> AccessStore:
-        """The store for `state_dir()`, static when `static_mode()`; `region` reads national numbers."""
-        return cls(state_dir(), static=static_mode(), region=region)
 
     def load(self, *, strict: bool = False) -> Access:
         """The current access (defaults when the file is missing or unreadable); never raises unless

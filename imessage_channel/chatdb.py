@@ -43,9 +43,6 @@ from .typedstream import decode_attributed_body
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DB_PATH = Path("~/Library/Messages/chat.db")
-"""Where Messages keeps its database on every macOS release since 10.4."""
-
 OBJECT_REPLACEMENT = "\ufffc"
 """U+FFFC: the placeholder Messages puts in the text for each attachment (and each inline sticker)."""
 
@@ -1058,11 +1055,6 @@ def _unreadable(r: tuple) -> Message:
         text="",
         kind=Kind.UNREADABLE,
     )
-
-
-def default_db_path() -> Path:
-    """`IMESSAGE_DB_PATH` if set, else `~/Library/Messages/chat.db` (expanded)."""
-    return Path(os.environ.get("IMESSAGE_DB_PATH") or DEFAULT_DB_PATH).expanduser()
 
 
 def is_self_chat(chat: Chat | None, participants: Sequence[str], owner: frozenset[str]) -> bool:

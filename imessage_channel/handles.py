@@ -21,9 +21,8 @@ a message asking for the country code. (Not `locale.getlocale()`: Python maps `C
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import phonenumbers
@@ -190,10 +189,6 @@ def _parse_reason(exc: NumberParseException) -> str:
 
 # --- the owner's region -----------------------------------------------------------------------------------
 
-LOCALE_VARIABLES = ("LC_ALL", "LC_TELEPHONE", "LANG", "LC_CTYPE")
-"""Environment variables read for a region, in this order (POSIX precedence for the telephone category,
-then `LC_CTYPE`, which macOS Terminal may set alone)."""
-
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}_([A-Za-z]{2})(?:[.@]|$)")
 
 
@@ -209,12 +204,11 @@ def region_of_number(handle: str) -> str | None:
     return valid_region(phonenumbers.region_code_for_country_code(number.country_code))
 
 
-def region_from_locale(env: Mapping[str, str] | None = None) -> tuple[str, str] | None:
-    """(region, `VAR=value`) from the first of `LOCALE_VARIABLES` naming one (`en_US.UTF-8` → `US`;
-    `C`, `POSIX`, `C.UTF-8` name none), or None. `env` defaults to `os.environ`."""
-    env = os.environ if env is None else env
-    for name in LOCALE_VARIABLES:
-        value = env.get(name, "")
+def region_from_locale(locales: Iterable[tuple[str, str]]) -> tuple[str, str] | None:
+    """(region, `VAR=value`) from the first locale variable naming one (`("LANG", "en_US.UTF-8")` → `("US",
+    "LANG=en_US.UTF-8")`; `C`, `POSIX`, `C.UTF-8` name none), or None. `locales`: `(name, value)` pairs in
+    precedence order, as `Settings.locales` holds them."""
+    for name, value in locales:
         m = _LOCALE.match(value)
         if m and (code := valid_region(m.group(1))):
             return code, f"{name}={value}"
@@ -231,19 +225,19 @@ class PhoneRegion:
 
 
 def pick_region(
-    owner: Iterable[str] = (), countries: Iterable[str] = (), env: Mapping[str, str] | None = None
+    owner: Iterable[str] = (), countries: Iterable[str] = (), locales: Iterable[tuple[str, str]] = ()
 ) -> PhoneRegion:
     """The owner's region, first found of: their own phone numbers (`owner`: normalised handles, e.g.
     `ChatDB.owner_handles()`; sorted, the first with a known country code), the countries Messages records
     on `handle.country` (`countries`, most frequent first, e.g. `ChatDB.handle_countries()`; `us` → `US`),
-    the locale (`region_from_locale(env)`). `PhoneRegion(None, "unknown")` when none says."""
+    the locale (`region_from_locale(locales)`, `Settings.locales`). `PhoneRegion(None, "unknown")` when none says."""
     for handle in sorted(owner):
         if code := region_of_number(handle):
             return PhoneRegion(code, f"your number {handle}")
     for country in countries:
         if code := valid_region(country):
             return PhoneRegion(code, f"the country Messages records for your contacts ({country})")
-    found = region_from_locale(env)
+    found = region_from_locale(locales)
     if found is not None:
         return PhoneRegion(found[0], found[1])
     return PhoneRegion(None, "unknown")

@@ -31,7 +31,7 @@ import subprocess
 import threading
 import unicodedata
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import SimpleQueue
@@ -383,6 +383,15 @@ def default_backend() -> Backend:
     return AppleScriptBackend()
 
 
+def backend_for(choice: str) -> Backend:
+    """The backend `Settings.backend` names: `osascript`, `applescript`, or `auto` (`default_backend`)."""
+    if choice == "osascript":
+        return OsascriptBackend()
+    if choice == "applescript":
+        return AppleScriptBackend()
+    return default_backend()
+
+
 # --- text --------------------------------------------------------------------------------------
 
 _ZWJ = "\u200d"
@@ -506,15 +515,6 @@ def with_signature(text: str, signature: str | None) -> str:
     """`text` followed by `signature` (e.g. `DEFAULT_SIGNATURE`, `"\\nSent by Claude"`), or `text`
     unchanged when `signature` is None or empty. The official plugin appends it to the last part."""
     return text + signature if signature else text
-
-
-def signature_from_env(environ: Mapping[str, str] | None = None) -> str | None:
-    """The signature to append: None when `IMESSAGE_APPEND_SIGNATURE` is `false` (any case), else
-    `DEFAULT_SIGNATURE`. Official server.ts: `APPEND_SIGNATURE = env !== 'false'` (on by default)."""
-    env = os.environ if environ is None else environ
-    if env.get("IMESSAGE_APPEND_SIGNATURE", "").strip().lower() == "false":
-        return None
-    return DEFAULT_SIGNATURE
 
 
 def _clean_text(text: str) -> str:

@@ -27,9 +27,6 @@ import math
 import os
 import signal
 import sys
-from dataclasses import dataclass
-from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -41,9 +38,9 @@ from mcp.server.stdio import stdio_server
 from pydantic import BaseModel
 
 from . import __version__
-from .access import Access, AccessStore, is_allowed, state_dir, static_mode
+from .access import Access, AccessStore, is_allowed
 from .appletime import from_apple, to_apple_ns
-from .chatdb import ChatDB, ChatDBError, default_db_path
+from .chatdb import ChatDB, ChatDBError
 from .clock import SYSTEM, Clock
 from .delivery import DeliveryLedger
 from .echo import EchoFilter
@@ -51,8 +48,6 @@ from .gate import find_group
 from .handles import pick_region
 from .inbound import (
     BATCH,
-    CATCHUP_MAX,
-    CATCHUP_WINDOW,
     Action,
     Deliver,
     InboundPipeline,
@@ -67,14 +62,14 @@ from .sender import (
     DEFAULT_SIGNATURE,
     MAX_FILES,
     MAX_TEXT_PARTS,
-    OsascriptBackend,
     Sender,
     SendError,
+    backend_for,
     check_reply_size,
-    default_backend,
     sqlite_files,
     text_parts,
 )
+from .settings import Settings, SettingsError
 from .transport import StdinLines, StdoutLines
 from .waker import SAFETY_POLL_S, Waker
 
@@ -227,41 +222,6 @@ def _string(args: dict[str, Any], key: str, *, required: bool) -> str | None:
     return value
 
 
-@dataclass
-class Config:
-    """Settings from the environment (official plugin names, design §2)."""
-
-    db_path: Path
-    state_dir: Path
-    allow_sms: bool
-    static: bool
-    append_signature: bool | None = None
-    relay_permissions: bool = True
-    catchup_window: timedelta = CATCHUP_WINDOW
-    catchup_max: int = CATCHUP_MAX
-
-    @classmethod
-    def from_env(cls) -> Config:
-        """Read the environment. Raises ValueError for a malformed number.
-
-        `append_signature`: `IMESSAGE_APPEND_SIGNATURE` — None when unset (access.json decides), False for
-        `false`, True for anything else (official server.ts: `!== 'false'`). `relay_permissions`: False when
-        `IMESSAGE_RELAY_PERMISSIONS` is `off`, `false`, `no` or `0` (any case)."""
-        env = os.environ
-        append = env.get("IMESSAGE_APPEND_SIGNATURE", "").strip().lower()
-        relay = env.get("IMESSAGE_RELAY_PERMISSIONS", "").strip().lower()
-        return cls(
-            db_path=default_db_path(),
-            state_dir=state_dir(),
-            allow_sms=env.get("IMESSAGE_ALLOW_SMS", "").strip().lower() == "true",
-            static=static_mode(),
-            append_signature=(append != "false") if append else None,
-            relay_permissions=relay not in ("off", "false", "no", "0"),
-            catchup_window=timedelta(hours=float(env.get("IMESSAGE_CATCHUP_HOURS") or 24)),
-            catchup_max=int(env.get("IMESSAGE_CATCHUP_MAX") or CATCHUP_MAX),
-        )
-
-
 def reply_signature(access: Access, append: bool | None) -> str | None:
     """The text appended to the last part of each reply, or None for none.
 
@@ -281,14 +241,14 @@ def reply_signature(access: Access, append: bool | None) -> str | None:
 class Channel:
     """One running channel: chat.db reader, access store, sender, and the MCP server around them."""
 
-    def __init__(self, config: Config, db: ChatDB, sender: Sender, clock: Clock = SYSTEM) -> None:
+    def __init__(self, config: Settings, db: ChatDB, sender: Sender, clock: Clock = SYSTEM) -> None:
         self.config = config
         self.clock = clock
         self.db = db
         self.sender = sender
         self.owner = db.owner_handles()
-        self.region = pick_region(self.owner, db.handle_countries())
-        self.store = AccessStore(config.state_dir, static=config.static, clock=clock, region=self.region.code)
+        self.region = pick_region(self.owner, db.handle_countries(), config.locales)
+        self.store = AccessStore(config.state_dir, static=config.static_access, clock=clock, region=self.region.code)
         self.echo = EchoFilter(clock=clock.monotonic)
         self.ledger = DeliveryLedger(config.state_dir, db.path, clock)
         self.outbox = Outbox(config.state_dir, clock=clock.wall, stamp=clock)
@@ -728,27 +688,26 @@ class Channel:
                     log.exception("could not save the delivery state at exit")
 
 
-def configure_logging() -> None:
-    """Log to stderr only (stdout is the MCP stream). `IMESSAGE_LOG_LEVEL` sets the level."""
-    level = os.environ.get("IMESSAGE_LOG_LEVEL", "INFO").upper()
+def configure_logging(level: str) -> None:
+    """Log to stderr only (stdout is the MCP stream), at `level` (`Settings.log_level`)."""
     logging.basicConfig(stream=sys.stderr, level=level, format="imessage-channel: %(levelname)s %(message)s")
 
 
 def main() -> int:
     """`imessage-channel serve`: run the channel on stdio. Returns the exit code (2: chat.db unusable)."""
     parent = os.getppid()
-    configure_logging()
     try:
-        config = Config.from_env()
-    except ValueError as exc:
+        config = Settings.from_env()
+    except SettingsError as exc:
         print(f"imessage-channel: bad setting in the environment: {exc}", file=sys.stderr)
         return 2
+    configure_logging(config.log_level)
     try:
         db = ChatDB(config.db_path)
     except ChatDBError as exc:
         print(f"imessage-channel: {exc}", file=sys.stderr)
         return 2
-    backend = OsascriptBackend() if os.environ.get("IMESSAGE_APPLESCRIPT_BACKEND") == "osascript" else default_backend()
+    backend = backend_for(config.backend)
     sender = Sender(backend, state_dir=config.state_dir, protected=sqlite_files(config.db_path))
     channel = Channel(config, db, sender)
     log.info("reading %s from ROWID %d", config.db_path, channel.pipeline.watermark)

@@ -24,7 +24,7 @@ variable and what it accepts: a typo must not silently mean the default.
 | `IMESSAGE_SESSION_NAME` | a name | the project folder's name |
 
 Booleans also accept `1`/`0`, `yes`/`no`, `on`/`off`, `true`/`false` in any case. The locale variables
-(`LC_ALL`, `LC_MESSAGES`, `LANG`) and `CLAUDE_PROJECT_DIR` are read here too, for the phone region and the
+(`LOCALE_VARIABLES`) and `CLAUDE_PROJECT_DIR` are read here too, for the phone region and the
 session name.
 """
 
@@ -51,8 +51,9 @@ CATCHUP_MAX = 100
 """Defaults of the catch-up window (see `inbound`): texts that arrived while the channel was down are
 delivered when dated within the last `CATCHUP_HOURS` and among the newest `CATCHUP_MAX`."""
 
-LOCALE_VARIABLES = ("LC_ALL", "LC_MESSAGES", "LANG")
-"""Consulted in this order, as POSIX does for message catalogues."""
+LOCALE_VARIABLES = ("LC_ALL", "LC_TELEPHONE", "LANG", "LC_CTYPE")
+"""The locale variables that can name the phone region, in precedence order (POSIX: `LC_ALL` overrides the
+category variable `LC_TELEPHONE`, which overrides `LANG`; `LC_CTYPE` last, as macOS terminals set only it)."""
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -89,8 +90,8 @@ class Settings:
     addressbook_dir: Path = field(default_factory=lambda: DEFAULT_ADDRESSBOOK_DIR.expanduser())
     session_name: str | None = None
     project_dir: Path | None = None
-    locale: tuple[str, str] | None = None
-    """`(variable, value)` of the first locale variable set (`("LANG", "en_US.UTF-8")`), or None."""
+    locales: tuple[tuple[str, str], ...] = ()
+    """`(variable, value)` of each locale variable set, in `LOCALE_VARIABLES` order (`("LANG", "en_US.UTF-8")`)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -112,7 +113,7 @@ class Settings:
             addressbook_dir=text.path("IMESSAGE_ADDRESSBOOK_DIR", DEFAULT_ADDRESSBOOK_DIR),
             session_name=env.get("IMESSAGE_SESSION_NAME", "").strip() or None,
             project_dir=Path(env["CLAUDE_PROJECT_DIR"]) if env.get("CLAUDE_PROJECT_DIR") else None,
-            locale=next(((name, env[name]) for name in LOCALE_VARIABLES if env.get(name)), None),
+            locales=tuple((name, env[name]) for name in LOCALE_VARIABLES if env.get(name)),
         )
 
 
@@ -160,7 +161,9 @@ class _Reader:
         return float(number)
 
 
-def child_environment(overrides: Mapping[str, str]) -> dict[str, str]:
-    """The environment for a process this package starts (the demo's server, doctor's check): the user's,
-    without their `IMESSAGE_*` settings, plus `overrides`."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("IMESSAGE_")} | dict(overrides)
+def child_environment(overrides: Mapping[str, str], *, keep_settings: bool = False) -> dict[str, str]:
+    """The environment for a process this package starts: the user's plus `overrides`; without their
+    `IMESSAGE_*` settings (the demo's server) unless `keep_settings` (doctor runs the server as Claude Code
+    would, with the user's settings)."""
+    env = dict(os.environ) if keep_settings else {k: v for k, v in os.environ.items() if not k.startswith("IMESSAGE_")}
+    return env | dict(overrides)

@@ -41,7 +41,6 @@ from imessage_channel.access import (
     locked,
     pending_approvals,
     prune_expired,
-    state_dir,
     write_approval,
 )
 from imessage_channel.clock import SYSTEM, ManualClock
@@ -167,14 +166,6 @@ def test_save_replaces_the_file_rather_than_rewriting_it(tmp_path: Path) -> None
     assert store.path.stat().st_ino != before
 
 
-def test_state_dir_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("IMESSAGE_STATE_DIR", str(tmp_path / "s"))
-    assert state_dir() == tmp_path / "s"
-    monkeypatch.delenv("IMESSAGE_STATE_DIR")
-    monkeypatch.setenv("HOME", str(tmp_path))
-    assert state_dir() == tmp_path / ".claude" / "channels" / "imessage"
-
-
 # --- the stat cache -----------------------------------------------------------------------------
 
 
@@ -236,11 +227,9 @@ def test_deleted_file_falls_back_to_defaults(tmp_path: Path) -> None:
 def test_static_mode_reads_once_downgrades_pairing_and_never_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("IMESSAGE_STATE_DIR", str(tmp_path))
-    monkeypatch.setenv("IMESSAGE_ACCESS_MODE", "static")
     write(tmp_path / "access.json", FULL)
     with caplog.at_level(logging.WARNING, logger="imessage_channel.access"):
-        store = AccessStore.from_env()
+        store = AccessStore(tmp_path, static=True)
     assert store.static
     assert "downgraded" in caplog.text
     access = store.load()
@@ -255,12 +244,6 @@ def test_static_mode_reads_once_downgrades_pairing_and_never_writes(
     with pytest.raises(AccessReadOnlyError):
         store.update(lambda a: a)
     assert json.loads((tmp_path / "access.json").read_text()) == {"allowFrom": []}
-
-
-def test_only_the_exact_word_static_selects_static_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("IMESSAGE_STATE_DIR", str(tmp_path))
-    monkeypatch.setenv("IMESSAGE_ACCESS_MODE", "Static")
-    assert not AccessStore.from_env().static
 
 
 # --- corrupt files ------------------------------------------------------------------------------

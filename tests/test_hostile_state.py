@@ -42,6 +42,7 @@ from imessage_channel.cli.doctor import Status
 from imessage_channel.clock import ManualClock
 from imessage_channel.delivery import parse_state
 from imessage_channel.handles import CountryCodeNeeded, HandleError, normalize_handle, parse_handle, pick_region
+from imessage_channel.settings import Settings
 from tests.test_durability import FRIEND, Rig
 
 T0 = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
@@ -579,7 +580,7 @@ def test_normalize_handle_still_compares_what_chat_db_stores(a: str, b: str) -> 
 def test_the_owner_region_comes_from_their_number_then_handle_country_then_the_locale(
     owner: list[str], countries: list[str], env: dict[str, str], region: str | None
 ) -> None:
-    assert pick_region(owner, countries, env).code == region
+    assert pick_region(owner, countries, Settings.from_env(env).locales).code == region
 
 
 def test_access_json_entries_that_are_not_handles_are_ignored_one_log_line_each_and_kept_in_the_file(

@@ -37,7 +37,6 @@ from imessage_channel.sender import (
     chunk_text,
     default_backend,
     parse_osascript_error,
-    signature_from_env,
     with_signature,
 )
 
@@ -528,19 +527,6 @@ def test_with_signature_appends_or_leaves_alone():
     assert with_signature("hi", DEFAULT_SIGNATURE) == "hi\nSent by Claude"
     assert with_signature("hi", None) == "hi"
     assert with_signature("hi", "") == "hi"
-
-
-@pytest.mark.parametrize(
-    ("env", "expected"),
-    [
-        ({}, DEFAULT_SIGNATURE),
-        ({"IMESSAGE_APPEND_SIGNATURE": "true"}, DEFAULT_SIGNATURE),
-        ({"IMESSAGE_APPEND_SIGNATURE": "false"}, None),
-        ({"IMESSAGE_APPEND_SIGNATURE": "FALSE "}, None),
-    ],
-)
-def test_signature_is_on_unless_the_env_says_false(env, expected):
-    assert signature_from_env(env) == expected
 
 
 def test_signature_goes_on_the_last_part_only(sender, osa):

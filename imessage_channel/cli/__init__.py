@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import __version__
-from ..chatdb import ChatDB, ChatDBError, Message, default_db_path
+from ..chatdb import ChatDB, ChatDBError, Message
 from ..render import describe, render_conversation
+from ..settings import Settings, SettingsError
 from .progress import Progress
 
 
@@ -53,7 +54,7 @@ def _message_json(msg: Message) -> dict[str, object]:
 
 def cmd_messages(args: argparse.Namespace) -> int:
     """Print recent messages as the channel reads them: per-chat blocks, or JSON with --json."""
-    with ChatDB(args.db or default_db_path()) as db, Progress("reading messages", total=args.limit) as progress:
+    with ChatDB(args.db or args.settings.db_path) as db, Progress("reading messages", total=args.limit) as progress:
         if args.chat and db.chat(args.chat) is None:
             progress.close()
             return _fail(
@@ -247,10 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, extra = parser.parse_known_args(argv)
         if extra:  # said by the sub-command's own parser, with its own usage line
             getattr(args, "parser_", parser).error(f"unrecognized arguments: {' '.join(extra)}")
-        if args.command is None:
-            return _serve()
+        if args.command is None or args.command == "serve":
+            return _serve()  # reads and checks the settings itself (it reports them as the channel starts)
+        args.settings = Settings.from_env()
         return int(args.func(args))
-    except ChatDBError as exc:
+    except (ChatDBError, SettingsError) as exc:
         return _fail(args, str(exc), 2)
     except BrokenPipeError:
         return 0

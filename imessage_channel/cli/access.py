@@ -51,13 +51,12 @@ from ..access import (
     GroupPolicy,
     PairingError,
     Pending,
-    state_dir,
-    static_mode,
 )
-from ..chatdb import ChatDB, ChatDBError, default_db_path
+from ..chatdb import ChatDB, ChatDBError
 from ..clock import SYSTEM
 from ..handles import HandleError, PhoneRegion, Region, pick_region
 from ..patterns import pattern_error
+from ..settings import Settings
 
 SET_KEYS = ("textChunkLimit", "chunkMode", "mentionPatterns", "appendSignature")
 """Keys `set` accepts (the official skill's list)."""
@@ -107,18 +106,18 @@ def parse_handle(value: str, region: Region = None) -> str:
         raise AccessCLIError(str(exc)) from None
 
 
-def owner_region() -> PhoneRegion:
+def owner_region(settings: Settings) -> PhoneRegion:
     """The region national phone numbers are read in (`handles.pick_region`): the owner's own number or
-    the contacts' country in chat.db (`IMESSAGE_DB_PATH`, default ~/Library/Messages/chat.db) when it can be
-    read, else the locale. `run` computes it at most once, and only when a national number needs it."""
+    the contacts' country in chat.db (`Settings.db_path`) when it can be read, else the locale. `run`
+    computes it at most once, and only when a national number needs it."""
     owner: frozenset[str] = frozenset()
     countries: list[str] = []
     try:
-        with ChatDB(default_db_path()) as db:
+        with ChatDB(settings.db_path) as db:
             owner, countries = db.owner_handles(), db.handle_countries()
     except ChatDBError:
         pass  # no Full Disk Access from this terminal, or no Messages: the locale decides
-    return pick_region(owner, countries)
+    return pick_region(owner, countries, settings.locales)
 
 
 def parse_group_guid(value: str) -> str:
@@ -514,7 +513,8 @@ def run(args: argparse.Namespace) -> int:
     """Run `imessage-channel access [verb …]` (parsed by `cli.build_parser`). Returns the exit status:
     0 done (also when nothing needed changing), 2 refused (message on stderr, nothing written)."""
     as_json = bool(getattr(args, "json", False))
-    store = AccessStore(state_dir(), region=functools.cache(lambda: owner_region().code))
+    settings: Settings = args.settings
+    store = AccessStore(settings.state_dir, region=functools.cache(lambda: owner_region(settings).code))
     now = _now()
     try:
         result = _dispatch(args, store, now)
@@ -524,7 +524,7 @@ def run(args: argparse.Namespace) -> int:
                 now_ms = _ms(now)
                 out = {
                     "path": str(store.path),
-                    "static": static_mode(),
+                    "static": settings.static_access,
                     "access": access.to_json(),
                     "pending": [_pending_json(c, p, now_ms) for c, p in access.pending.items()],
                     "ignored": list(access.problems),
@@ -552,7 +552,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2, ensure_ascii=False))
     else:
         print(result.message)
-    if result.changed and static_mode():
+    if result.changed and settings.static_access:
         print(
             "note: IMESSAGE_ACCESS_MODE=static: a running server read access.json when it started; restart it "
             "to apply this change.",

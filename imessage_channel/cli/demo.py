@@ -34,6 +34,7 @@ from pydantic import BaseModel
 from ..devtools.simulator import MessagesSimulator
 from ..sender import DEFAULT_SIGNATURE
 from ..server import LISTEN_GRACE_S
+from ..settings import child_environment
 
 OWNER = "owner@example.com"
 OWNER_PHONE = "+15555550100"
@@ -75,14 +76,16 @@ def _server_env(work: Path, db: Path, record: Path) -> dict[str, str]:
     stand_in = bin_dir / "osascript"
     stand_in.write_text(STAND_IN.format(python=sys.executable), encoding="utf-8")
     stand_in.chmod(0o755)
-    return {k: v for k, v in os.environ.items() if not k.startswith("IMESSAGE_")} | {
-        "IMESSAGE_DB_PATH": str(db),
-        "IMESSAGE_STATE_DIR": str(work / "state"),
-        "IMESSAGE_APPLESCRIPT_BACKEND": "osascript",
-        "IMESSAGE_DEMO_RECORD": str(record),
-        "IMESSAGE_LOG_LEVEL": "WARNING",
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
+    return child_environment(
+        {
+            "IMESSAGE_DB_PATH": str(db),
+            "IMESSAGE_STATE_DIR": str(work / "state"),
+            "IMESSAGE_APPLESCRIPT_BACKEND": "osascript",
+            "IMESSAGE_DEMO_RECORD": str(record),
+            "IMESSAGE_LOG_LEVEL": "WARNING",
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+    )
 
 
 class _Demo:

@@ -42,17 +42,18 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
 from .. import statefile
-from ..access import ACCESS_FILE, APPROVED_DIR, Access, DmPolicy, state_dir, static_mode
-from ..chatdb import FULL_DISK_ACCESS_HELP, ChatDB, ChatDBError, default_db_path, is_self_chat
+from ..access import ACCESS_FILE, APPROVED_DIR, Access, DmPolicy
+from ..chatdb import FULL_DISK_ACCESS_HELP, ChatDB, ChatDBError, is_self_chat
 from ..delivery import LOG_FILE, STATE_FILE
 from ..handles import pick_region
 from ..outbox import OUTBOX_FILE
-from ..sender import AUTOMATION_HELP, ERR_NOT_AUTHORIZED, OsascriptBackend, Sender, SendError, default_backend
+from ..sender import AUTOMATION_HELP, ERR_NOT_AUTHORIZED, Sender, SendError, backend_for
+from ..settings import Settings, child_environment
 
 PROTOCOL_VERSION = "2025-11-25"
 """The MCP revision Claude Code asks for in `initialize` (design §3; the e2e tests use the same)."""
@@ -221,11 +222,11 @@ def check_self_chat(db: ChatDB, owner: frozenset[str]) -> tuple[Check, str | Non
 def check_backend(
     which: Callable[[str], str | None] = shutil.which,
     has_module: Callable[[str], bool] = lambda name: importlib.util.find_spec(name) is not None,
+    choice: str = "auto",
 ) -> Check:
-    """py-applescript is importable, or `osascript` is on PATH (`IMESSAGE_APPLESCRIPT_BACKEND=osascript`
-    forces the latter, as the server does)."""
-    forced = os.environ.get("IMESSAGE_APPLESCRIPT_BACKEND") == "osascript"
-    if not forced and has_module("applescript"):
+    """py-applescript is importable, or `osascript` is on PATH (`choice`: `Settings.backend`;
+    `IMESSAGE_APPLESCRIPT_BACKEND=osascript` forces the latter, as the server does)."""
+    if choice != "osascript" and has_module("applescript"):
         return _pass(BACKEND, "py-applescript (in-process)")
     path = which("osascript")
     if path:
@@ -302,12 +303,12 @@ def check_state_dir(state: Path) -> Check:
     return _pass(STATE, f"{state} (private)")
 
 
-def check_access(state: Path, allow_sms: bool | None = None, region: str | None = None) -> Check:
+def check_access(state: Path, allow_sms: bool = False, region: str | None = None, static: bool = False) -> Check:
     """Summarise access.json and flag what silently blocks delivery, including `allowFrom` entries that are
     not handles (the server ignores them; phone numbers without a country code are read in `region`, as the
     server reads them). Reads the file without moving a corrupt one aside (the server would)."""
     path = state / ACCESS_FILE
-    sms = allow_sms if allow_sms is not None else os.environ.get("IMESSAGE_ALLOW_SMS", "").strip().lower() == "true"
+    sms = allow_sms
     if not path.exists():
         return _pass(ACCESS, "no access.json yet: allowlist policy, nobody allowed (self-chat always works)")
     try:
@@ -329,7 +330,7 @@ def check_access(state: Path, allow_sms: bool | None = None, region: str | None 
         f"policy {access.dm_policy.value}, {len(access.allow_from)} allowed, {len(access.groups)} group(s), "
         f"{len(access.pending)} pending code(s)"
         + (", SMS allowed" if sms else "")
-        + (", static (read once at start)" if static_mode() else "")
+        + (", static (read once at start)" if static else "")
     )
     problems: list[str] = []
     fixes: list[str] = []
@@ -375,12 +376,12 @@ def check_channel(
     The server gets a throw-away state directory: a running channel's state (access.json, approvals,
     its watermark) is never touched by the check."""
     with tempfile.TemporaryDirectory(prefix="imessage-doctor-") as scratch:
-        env = {
-            **os.environ,
+        overrides = {
             "IMESSAGE_DB_PATH": str(db_path),
             "IMESSAGE_STATE_DIR": str(Path(scratch) / "state"),
             "IMESSAGE_LOG_LEVEL": "WARNING",
         }
+        env = child_environment(overrides, keep_settings=True)
         return _handshake(list(argv or [sys.executable, "-m", "imessage_channel", "serve"]), env, timeout)
 
 
@@ -482,14 +483,16 @@ def _judge(reply: dict[str, object], elapsed: float) -> Check:
 # --- running -----------------------------------------------------------------------------------
 
 
-def run_checks(db_path: Path, state: Path, *, send_test: bool = False, sender: Sender | None = None) -> list[Check]:
-    """All checks in order. DB-dependent checks are skipped when chat.db cannot be opened. `sender`
-    (default: the server's backend choice) is used only with `send_test`."""
+def run_checks(settings: Settings, *, send_test: bool = False, sender: Sender | None = None) -> list[Check]:
+    """All checks in order, for `settings` (chat.db, state dir, backend, SMS, locale). DB-dependent checks are
+    skipped when chat.db cannot be opened. `sender` (default: the server's backend choice) is used only with
+    `send_test`."""
+    db_path, state = settings.db_path, settings.state_dir
     checks: list[Check] = []
     first, db = check_chatdb(db_path)
     checks.append(first)
     self_chat: str | None = None
-    region = pick_region()  # the locale, unless chat.db says better
+    region = pick_region(locales=settings.locales)  # the locale, unless chat.db says better
     if db is None:
         checks += [_skip(name, "needs a readable chat.db") for name in (SCHEMA, OWNER, SELF_CHAT)]
     else:
@@ -497,20 +500,19 @@ def run_checks(db_path: Path, state: Path, *, send_test: bool = False, sender: S
             checks.append(check_schema(db))
             owner_check, owner = check_owner(db)
             with contextlib.suppress(ChatDBError):
-                region = pick_region(owner, db.handle_countries())
+                region = pick_region(owner, db.handle_countries(), settings.locales)
             checks.append(owner_check)
             self_check, self_chat = check_self_chat(db, owner)
             checks.append(self_check)
-    checks.append(check_backend())
+    checks.append(check_backend(choice=settings.backend))
     if send_test:
         if sender is None:
-            forced = os.environ.get("IMESSAGE_APPLESCRIPT_BACKEND") == "osascript"
-            sender = Sender(OsascriptBackend() if forced else default_backend(), state_dir=state)
+            sender = Sender(backend_for(settings.backend), state_dir=state)
         checks.append(check_automation(self_chat, sender))
     else:
         checks.append(_skip(AUTOMATION, "not checked; add --send-test to text yourself a test message"))
     checks.append(check_state_dir(state))
-    checks.append(check_access(state, region=region.code))
+    checks.append(check_access(state, settings.allow_sms, region.code, settings.static_access))
     if db is None:
         checks.append(_skip(CHANNEL, "needs a readable chat.db"))
     else:
@@ -532,8 +534,8 @@ def render(checks: Sequence[Check]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """`imessage-channel doctor [--db P] [--send-test] [--json]`: 0 when no check failed, else 1."""
-    db_path = Path(args.db).expanduser() if args.db else default_db_path()
-    checks = run_checks(db_path, state_dir(), send_test=args.send_test)
+    settings = args.settings if not args.db else replace(args.settings, db_path=Path(args.db).expanduser())
+    checks = run_checks(settings, send_test=args.send_test)
     ok = not any(c.status is Status.FAIL for c in checks)
     if args.json:
         print(json.dumps({"ok": ok, "checks": [asdict(c) for c in checks]}, indent=2, ensure_ascii=False))

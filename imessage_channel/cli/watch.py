@@ -22,14 +22,13 @@ the server, it moves a corrupt access.json aside (`AccessStore`) and uses the de
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from datetime import tzinfo
 from typing import TextIO
 
 from ..access import AccessStore
-from ..chatdb import ChatDB, ChatDBError, Message, default_db_path
+from ..chatdb import ChatDB, ChatDBError, Message
 from ..handles import pick_region
 from ..inbound import InboundPipeline, RowDecision
 from ..render import QuoteLookup, describe, first_words, sender_label
@@ -196,14 +195,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, last: int | None, from_rowid: int | None) -> int:
-    with ChatDB(args.db or default_db_path()) as db:
+    settings = args.settings
+    with ChatDB(args.db or settings.db_path) as db:
         owner = db.owner_handles()
         pipeline = InboundPipeline(
             db=db,
-            store=AccessStore.from_env(region=pick_region(owner, db.handle_countries()).code),
+            store=AccessStore(
+                settings.state_dir,
+                static=settings.static_access,
+                region=pick_region(owner, db.handle_countries(), settings.locales).code,
+            ),
             owner=owner,
             watermark=_start_watermark(db, last, from_rowid),
-            allow_sms=os.environ.get("IMESSAGE_ALLOW_SMS", "").strip().lower() == "true",
+            allow_sms=settings.allow_sms,
             dry_run=True,
             # Replayed rows are judged as if they had just arrived, whatever their age: the question
             # is what the gate makes of them. Rows arriving while watching get the backfill guard.
