@@ -565,6 +565,9 @@ class AccessStore:
     `access.json.corrupt-<UTC timestamp>` (never over an existing file, `statefile.move_aside`) with a
     warning on logger "imessage_channel.access", and the defaults are used.
 
+    `move_corrupt=False` (the CLI: a view changes nothing) never moves a corrupt file: `load(strict=True)`
+    and `update()` raise `AccessUnavailableError` saying how to fix it instead.
+
     An unreadable file (another owner's 0600 file after `sudo imessage-channel access …`, a directory, EIO)
     is left where it is: `load()` returns the defaults (self-chat needs no access.json; everyone else is
     dropped) and logs one warning naming the fix, and one line when it can be read again; `update()` raises
@@ -574,8 +577,17 @@ class AccessStore:
     entries, and `Access.effective_text_chunk_limit` corrects the limit.
     """
 
-    def __init__(self, state: Path, *, static: bool = False, clock: Clock = SYSTEM, region: Region = None) -> None:
+    def __init__(
+        self,
+        state: Path,
+        *,
+        static: bool = False,
+        clock: Clock = SYSTEM,
+        region: Region = None,
+        move_corrupt: bool = True,
+    ) -> None:
         self.state_dir = state
+        self.move_corrupt = move_corrupt
         self.clock = clock
         self.region = region
         self.path = state / ACCESS_FILE
@@ -663,6 +675,11 @@ class AccessStore:
                     assert key is not None
                     if key == self._stuck:  # corrupt, settled, and it could not be moved aside: said so once
                         return Access(), None
+                    if not self.move_corrupt:  # a view (the CLI) changes nothing, not even a corrupt file
+                        return Access(), AccessUnavailableError(
+                            f"{self.path} is not valid access.json ({exc}): fix or delete it (a running channel "
+                            "moves a corrupt file aside and uses the defaults)"
+                        )
                     if not self._settled(key):
                         return (cached[1] if cached is not None else Access()), self._note_unsettled(exc)
                     self._move_corrupt_aside(key, exc, holding_lock=holding_lock)

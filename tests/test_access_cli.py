@@ -272,7 +272,8 @@ def test_deny_drops_the_code_without_allowing(state, capsys):
 
 def test_deny_of_an_unknown_code_is_refused(state, capsys):
     code, out, err = access_cli(capsys, "deny", "abcdef")
-    assert_refused(code, out, err, "no pending pairing")
+    # as helpful as `pair`: the pending codes, and what a code is
+    assert_refused(code, out, err, "No pending pairing has the code 'abcdef'", "Pending codes: none", "6 characters")
 
 
 # --- policy ------------------------------------------------------------------------------------

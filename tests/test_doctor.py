@@ -199,7 +199,13 @@ def test_the_backend_check():
     assert missing.status is Status.FAIL and "needs macOS" in missing.fix
 
 
-def test_send_test_texts_the_self_chat(env, good_db, capsys):
+@pytest.fixture
+def on_a_mac(monkeypatch):
+    """The Mac code path, with the fake osascript of tests/fakes/bin standing in for AppleScript."""
+    monkeypatch.setattr(sys, "platform", "darwin")
+
+
+def test_send_test_texts_the_self_chat(env, good_db, capsys, on_a_mac):
     code, out = run_doctor(capsys, "--db", str(good_db), "--send-test")
     assert code == 0, out
     assert f"✓ Automation permission: test message sent to iMessage;-;{OWNER}" in out
@@ -207,12 +213,21 @@ def test_send_test_texts_the_self_chat(env, good_db, capsys):
     assert call["argv"] == ["-", doctor.TEST_MESSAGE, f"iMessage;-;{OWNER}"]
 
 
-def test_send_test_without_automation_permission_says_how_to_grant_it(env, good_db, capsys, monkeypatch):
+def test_send_test_without_automation_permission_says_how_to_grant_it(env, good_db, capsys, monkeypatch, on_a_mac):
     monkeypatch.setenv("FAKE_OSASCRIPT_MODE", "fail-1743")
     code, out = run_doctor(capsys, "--db", str(good_db), "--send-test")
     assert code == 1
     assert "✗ Automation permission: macOS refused to let this program control Messages" in out
     assert "Privacy & Security → Automation" in out
+
+
+def test_send_test_off_macos_says_applescript_needs_a_mac(env, good_db, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "platform", "linux")
+    code, out = run_doctor(capsys, "--db", str(good_db), "--send-test")
+    assert code == 1
+    assert "✗ Automation permission: sending needs AppleScript, which only macOS has" in out
+    assert "Open Messages once" not in out
+    assert osascript_calls(env["log"]) == []
 
 
 def test_the_state_directory_must_be_private(tmp_path):

@@ -157,3 +157,46 @@ def test_json_errors_are_json() -> None:
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and err == ""
     assert "No Messages database" in json.loads(out)["error"]
+
+
+def _access(state: str, *argv: str) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMESSAGE_")}
+    env |= {"IMESSAGE_STATE_DIR": state, "IMESSAGE_DB_PATH": "/nonexistent/chat.db", "LANG": "en_US.UTF-8"}
+    done = subprocess.run(
+        [sys.executable, "-m", "imessage_channel", "access", *argv], capture_output=True, text=True, env=env
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_the_access_view_changes_nothing_not_even_a_corrupt_file(tmp_path: Path) -> None:
+    (tmp_path / "access.json").write_text('{"allowFrom": [')
+    os.utime(tmp_path / "access.json", (0, 0))  # long settled: a server would move it aside by now
+    code, out, err = _access(str(tmp_path))
+    assert code == 2 and out == ""
+    assert "is not valid access.json" in err and "fix or delete it" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["access.json"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        ((), "the state directory /etc/passwd is a file, not a folder"),
+        (("deny", "abcdef"), "the state directory /etc/passwd is a file"),
+    ],
+)
+def test_a_state_dir_that_is_a_file_is_named_as_such(argv: tuple[str, ...], says: str) -> None:
+    code, out, err = _access("/etc/passwd", *argv)
+    assert (code, out) == (2, "") and says in err
+
+
+def test_a_bad_setting_is_refused_with_its_name_and_values() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMESSAGE_")} | {"IMESSAGE_ACCESS_MODE": "bogus"}
+    done = subprocess.run([sys.executable, "-m", "imessage_channel", "access"], capture_output=True, text=True, env=env)
+    assert done.returncode == 2
+    assert "IMESSAGE_ACCESS_MODE='bogus': expected one of static, dynamic" in done.stderr
+
+
+def test_the_signature_the_readme_lists_can_be_set(tmp_path: Path) -> None:
+    code, _out, err = _access(str(tmp_path), "set", "signature", "— sent from my Mac")
+    assert code == 0, err
+    assert json.loads((tmp_path / "access.json").read_text())["signature"] == "— sent from my Mac"

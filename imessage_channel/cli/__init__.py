@@ -180,7 +180,7 @@ def _add_access_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
     v = group_verbs.add_parser("rm", parents=[as_json], help="opt a group chat out")
     v.add_argument("guid")
     v = verbs.add_parser("set", parents=[as_json], help="set a delivery setting")
-    v.add_argument("key", metavar="textChunkLimit|chunkMode|mentionPatterns|appendSignature")
+    v.add_argument("key", metavar="textChunkLimit|chunkMode|mentionPatterns|appendSignature|signature")
     v.add_argument("value")
 
 

@@ -58,7 +58,10 @@ from ..handles import HandleError, PhoneRegion, Region, pick_region
 from ..patterns import pattern_error
 from ..settings import Settings
 
-SET_KEYS = ("textChunkLimit", "chunkMode", "mentionPatterns", "appendSignature")
+MAX_SIGNATURE = 200
+"""Longest `signature` line `access set signature` takes (characters): a phone shows it under every reply."""
+
+SET_KEYS = ("textChunkLimit", "chunkMode", "mentionPatterns", "appendSignature", "signature")
 """Keys `set` accepts (the official skill's list)."""
 
 POLICY_MEANING = {
@@ -146,7 +149,8 @@ def parse_setting(key: str, value: str) -> Callable[[Access], Access]:
     - `mentionPatterns`: a JSON array of regex strings (the official form, `[]` clears them), or one
       regex; each must compile with RE2 (`imessage_channel.patterns`: linear time, no look-around or
       back-references; case-insensitive at match time);
-    - `appendSignature`: `true` or `false`.
+    - `appendSignature`: `true` or `false`;
+    - `signature`: the line appended to replies (this server's own key; empty: no signature line).
     """
     if key == "textChunkLimit":
         try:
@@ -173,6 +177,11 @@ def parse_setting(key: str, value: str) -> Callable[[Access], Access]:
         if flag not in ("true", "false"):
             raise AccessCLIError(f"appendSignature must be `true` or `false`, got {value!r}.")
         return lambda a: replace(a, append_signature=flag == "true")
+    if key == "signature":
+        text = value.strip()
+        if "\n" in text or len(text) > MAX_SIGNATURE:
+            raise AccessCLIError(f"signature must be one line of at most {MAX_SIGNATURE} characters, got {value!r}.")
+        return lambda a: replace(a, signature=text)
     raise AccessCLIError(f"Unknown setting {key!r}. Settings: {', '.join(SET_KEYS)}.")
 
 
@@ -334,12 +343,7 @@ def cmd_pair(store: AccessStore, code: str, now: datetime) -> _Result:
     try:
         _, after = _update(store, step)
     except access_mod.UnknownCodeError:
-        pending = store.load().pending
-        known = ", ".join(f"{c} ({p.sender_id})" for c, p in pending.items()) or "none"
-        raise AccessCLIError(
-            f"No pending pairing has the code {code.strip().lower()!r}. Pending codes: {known}. "
-            "Codes are the 6 characters the channel texted to the person who asked."
-        ) from None
+        raise AccessCLIError(_unknown_code(store, code)) from None
     entry = box[-1]
     try:
         access_mod.write_approval(store.state_dir, entry.sender_id, entry.chat_id)
@@ -359,9 +363,22 @@ def cmd_pair(store: AccessStore, code: str, now: datetime) -> _Result:
     )
 
 
+def _unknown_code(store: AccessStore, code: str) -> str:
+    """What `pair` and `deny` say about a code nobody was given: the pending ones, and what a code is."""
+    pending = store.load().pending
+    known = ", ".join(f"{c} ({p.sender_id})" for c, p in pending.items()) or "none"
+    return (
+        f"No pending pairing has the code {code.strip().lower()!r}. Pending codes: {known}. "
+        "Codes are the 6 characters the channel texted to the person who asked."
+    )
+
+
 def cmd_deny(store: AccessStore, code: str) -> _Result:
     """`deny <code>`: drop the pending code (expired or not)."""
-    before, after = _update(store, lambda a: access_mod.deny(a, code))
+    try:
+        before, after = _update(store, lambda a: access_mod.deny(a, code))
+    except access_mod.UnknownCodeError:
+        raise AccessCLIError(_unknown_code(store, code)) from None
     sender = before.pending[code.strip().lower()].sender_id
     return _Result(f"Denied pairing {code.strip().lower()} from {sender}.", after, changed=True, senderId=sender)
 
@@ -514,7 +531,15 @@ def run(args: argparse.Namespace) -> int:
     0 done (also when nothing needed changing), 2 refused (message on stderr, nothing written)."""
     as_json = bool(getattr(args, "json", False))
     settings: Settings = args.settings
-    store = AccessStore(settings.state_dir, region=functools.cache(lambda: owner_region(settings).code))
+    if settings.state_dir.exists() and not settings.state_dir.is_dir():
+        print(
+            f"imessage-channel access: the state directory {settings.state_dir} is a file, not a folder: point "
+            "IMESSAGE_STATE_DIR at a folder (default ~/.claude/channels/imessage).",
+            file=sys.stderr,
+        )
+        return 2
+    region = functools.cache(lambda: owner_region(settings).code)
+    store = AccessStore(settings.state_dir, region=region, move_corrupt=False)
     now = _now()
     try:
         result = _dispatch(args, store, now)

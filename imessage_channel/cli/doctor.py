@@ -240,7 +240,14 @@ def check_backend(
 
 
 def check_automation(self_chat: str | None, sender: Sender) -> Check:
-    """Send `TEST_MESSAGE` to self-chat: proves the Automation permission for Messages."""
+    """Send `TEST_MESSAGE` to self-chat: proves the Automation permission for Messages. Off macOS
+    (`sys.platform`), where AppleScript does not exist, it says so instead of trying."""
+    if sys.platform != "darwin":
+        return _fail(
+            AUTOMATION,
+            "sending needs AppleScript, which only macOS has",
+            "Run `imessage-channel doctor --send-test` on the Mac signed in to Messages.",
+        )
     if self_chat is None:
         return _skip(AUTOMATION, "needs a self-chat to send the test message to")
     try:
