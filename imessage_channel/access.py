@@ -58,7 +58,7 @@ from typing import Any
 
 from imessage_channel import statefile
 from imessage_channel.clock import SYSTEM, Clock
-from imessage_channel.handles import HandleError, Region, normalize_handle, parse_handle
+from imessage_channel.handles import HandleError, Region, normalize_handle, parse_handle, same_chat
 from imessage_channel.patterns import pattern_error
 from imessage_channel.statefile import StatKey, stat_key
 
@@ -388,6 +388,14 @@ def is_allowed(handles: Sequence[str], handle: str) -> bool:
     """True when `handle` is in `handles` under `normalize_handle` (emails by case, phones by digits)."""
     wanted = normalize_handle(handle)
     return bool(wanted) and any(normalize_handle(h) == wanted for h in handles)
+
+
+def group_key(groups: Mapping[str, object], chat_guid: str) -> str | None:
+    """The `groups` key naming `chat_guid`: the exact key, else one equal but for the service prefix
+    (`iMessage;+;chat1` ~ `any;+;chat1`: `handles.same_chat`). None when no key names it."""
+    if chat_guid in groups:
+        return chat_guid
+    return next((key for key in groups if same_chat(key, chat_guid)), None)
 
 
 def allow(access: Access, handle: str) -> Access:

@@ -38,17 +38,13 @@ from enum import StrEnum
 from pathlib import Path
 
 from .appletime import APPLE_EPOCH, from_apple
-from .handles import normalize_handle, strip_account_prefix
+from .handles import STYLE_DM, STYLE_GROUP, normalize_handle, strip_account_prefix
 from .typedstream import decode_attributed_body
 
 log = logging.getLogger(__name__)
 
 OBJECT_REPLACEMENT = "\ufffc"
 """U+FFFC: the placeholder Messages puts in the text for each attachment (and each inline sticker)."""
-
-STYLE_GROUP = 43
-STYLE_DM = 45
-"""`chat.style`: 43 = group chat, 45 = one-to-one (design §4). Anything else is "unknown"."""
 
 OWNER_SCAN_ROWS = 20_000
 """How many of the newest `message` rows owner detection reads. Owner aliases in use show up in
@@ -1065,3 +1061,17 @@ def is_self_chat(chat: Chat | None, participants: Sequence[str], owner: frozense
     if normalize_handle(chat.chat_identifier) in owner:
         return True
     return bool(participants) and all(normalize_handle(p) in owner for p in participants)
+
+
+def self_chats(db: ChatDB, owner: frozenset[str]) -> list[str]:
+    """The owner's self-chat GUIDs (DMs with one of their handles: one per address they text themself on,
+    e.g. an email and a phone number), the one in use first: by the newest message ROWID in each (ROWIDs
+    grow in the order this Mac writes rows; `date` is a sender's clock), then by GUID. Empty when there is
+    none. Raises `ChatDBError`."""
+    found = {
+        chat.guid
+        for handle in sorted(owner)
+        for chat in db.chats_of_handle(handle)
+        if is_self_chat(chat, db.participants(chat.guid), owner)
+    }
+    return sorted(found, key=lambda guid: (-db.latest_rowid_in(guid), guid))

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .clock import SYSTEM
+from .handles import ChatGuid
 
 ECHO_WINDOW_S = 60.0
 """How long a sent text is recognised as an echo. Messages writes the sent row within a second and
@@ -36,11 +37,12 @@ def normalize_text(text: str) -> str:
 
 
 def conversation_key(chat_guid: str, *, self_chat: bool) -> str:
-    """`"self"` for self-chats, else the chat GUID without its `service;-;` / `service;+;` prefix."""
+    """`"self"` for self-chats, else the chat's identifier without its `service;-;` / `service;+;` prefix
+    (`handles.ChatGuid`), lowercased."""
     if self_chat:
         return "self"
-    parts = chat_guid.split(";", 2)
-    return parts[2].lower() if len(parts) == 3 else chat_guid.lower()
+    guid = ChatGuid.parse(chat_guid)
+    return guid.key[1] if guid is not None else chat_guid.lower()
 
 
 @dataclass(slots=True)

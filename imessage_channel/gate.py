@@ -52,12 +52,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from imessage_channel.access import Access, DmPolicy, GroupPolicy, is_allowed
+from imessage_channel.access import Access, DmPolicy, GroupPolicy, group_key, is_allowed
+from imessage_channel.handles import STYLE_DM, STYLE_GROUP
 from imessage_channel.patterns import any_match
-
-#: chat.style values (design §4): 45 = one-to-one (DM), 43 = group.
-STYLE_DM = 45
-STYLE_GROUP = 43
 
 #: Services whose sender is authenticated by Apple ID (compared lowercased).
 IMESSAGE_SERVICES = frozenset({"imessage", "imessagelite"})
@@ -141,25 +138,11 @@ def decide(msg: Inbound, access: Access, *, allow_sms: bool) -> Decision:
     return _drop("no-mention")
 
 
-def _guid_tail(chat_guid: str) -> tuple[str, str] | None:
-    """`("+", "chat123")` for `"iMessage;+;chat123"`; None when the GUID is not `service;sep;id`."""
-    parts = chat_guid.split(";", 2)
-    return (parts[1], parts[2]) if len(parts) == 3 else None
-
-
 def find_group(groups: Mapping[str, GroupPolicy], chat_guid: str) -> GroupPolicy | None:
-    """The `groups` entry for `chat_guid`: the exact key, else a key equal but for the service prefix
-    (`iMessage;+;chat123` ~ `any;+;chat123`, as macOS 26 writes GUIDs). None when not configured."""
-    exact = groups.get(chat_guid)
-    if exact is not None:
-        return exact
-    tail = _guid_tail(chat_guid)
-    if tail is None:
-        return None
-    for key, group in groups.items():
-        if _guid_tail(key) == tail:
-            return group
-    return None
+    """The `groups` entry for `chat_guid` (`access.group_key`: the exact key, else one equal but for the
+    service prefix, as macOS 26 writes GUIDs). None when not configured."""
+    key = group_key(groups, chat_guid)
+    return groups[key] if key is not None else None
 
 
 def mentioned(text: str, patterns: Sequence[str]) -> bool:

@@ -1,4 +1,7 @@
-"""Handle normalisation: one way to compare iMessage addresses everywhere.
+"""Handles and chat GUIDs: how iMessage names people and conversations, and one way to compare each.
+
+Owns the two identities chat.db uses: the *handle* (a person's address) and the *chat GUID* (a
+conversation), with the chat styles that tell a DM from a group.
 
 A *handle* is an iMessage/SMS address as chat.db stores it in `handle.id`: an email
 (`friend@example.com`), an E.164-ish phone number (`+15555550123`), or for SMS a short
@@ -27,6 +30,65 @@ from dataclasses import dataclass
 
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat, ValidationResult
+
+STYLE_GROUP = 43
+STYLE_DM = 45
+"""`chat.style`: 43 = group chat, 45 = one-to-one (design §4). Anything else is "unknown" (never gated as a DM)."""
+
+CHAT_SERVICES = ("any", "iMessage", "SMS")
+"""The service prefixes a chat GUID is found under in chat.db (macOS 26 writes `any`) and tried by the sender,
+in that order (BlueBubblesApp/bluebubbles-helper#48, openclaw/imsg#90)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChatGuid:
+    """A chat GUID, `<service>;<-|+>;<identifier>` (`iMessage;-;+15555550123`, `any;+;chat123…`).
+
+    `separator` is `-` for a one-to-one chat and `+` for a group; the same conversation appears under
+    several services (`iMessage;-;x` ≡ `any;-;x` ≡ `SMS;-;x`), so `key` (separator and identifier, the
+    identifier lowercased) is its service-independent identity. Built with `parse`, which returns None for a
+    string of another shape."""
+
+    service: str
+    separator: str
+    identifier: str
+
+    @classmethod
+    def parse(cls, text: str) -> ChatGuid | None:
+        """The parts of `text`, or None when it is not `service;-|+;identifier` with both ends non-empty."""
+        parts = text.strip().split(";", 2)
+        if len(parts) != 3 or parts[1] not in ("-", "+") or not parts[0] or not parts[2]:
+            return None
+        return cls(*parts)
+
+    @property
+    def is_dm(self) -> bool:
+        return self.separator == "-"
+
+    @property
+    def is_group(self) -> bool:
+        return self.separator == "+"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The conversation whatever the service prefix: `("-", "+15555550123")`."""
+        return self.separator, self.identifier.lower()
+
+    def with_service(self, service: str) -> str:
+        """This chat under another service prefix: `ChatGuid.parse("any;-;x").with_service("iMessage")`."""
+        return f"{service};{self.separator};{self.identifier}"
+
+    def __str__(self) -> str:
+        return self.with_service(self.service)
+
+
+def same_chat(a: str, b: str) -> bool:
+    """Do two chat GUIDs name one conversation (equal, or equal but for the service prefix)?"""
+    if a == b:
+        return True
+    pa, pb = ChatGuid.parse(a), ChatGuid.parse(b)
+    return pa is not None and pb is not None and pa.key == pb.key
+
 
 _PREFIX = re.compile(r"^(?:e|p|tel|mailto):", re.IGNORECASE)
 _PHONE_CHARS = re.compile(r"^\+?[\d\s().\-]+$")

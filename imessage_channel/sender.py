@@ -38,7 +38,7 @@ from queue import SimpleQueue
 from typing import Any, Protocol
 
 from imessage_channel.clock import SYSTEM, Clock
-from imessage_channel.handles import is_email
+from imessage_channel.handles import CHAT_SERVICES, ChatGuid, is_email
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,6 @@ DEFAULT_STAGE_TTL = 600.0
 MESSAGES_DIR = Path("Library") / "Messages"
 """Where Messages keeps its files, relative to the home folder (resolved when a `Sender` is made)."""
 
-_DM_SERVICES = ("any", "iMessage", "SMS")
 _PHONE = re.compile(r"\+?\d+")
 _OSA_POSITION = re.compile(r"^\d+:\d+:\s*")
 _OSA_ERROR_NUMBER = re.compile(r"\((-?\d+)\)\s*$")
@@ -553,13 +552,12 @@ def _targets(chat_guid: str) -> list[_Target]:
     type = iMessage)`, for chats that exist in chat.db but not in Messages' live list
     (openclaw/imsg#244).
     """
-    parts = chat_guid.split(";", 2)
-    if len(parts) == 3 and parts[1] in ("-", "+") and parts[0] and parts[2]:
-        service, sep, ident = parts
-        forms = [chat_guid] + [f"{s};{sep};{ident}" for s in _DM_SERVICES if s.lower() != service.lower()]
-        targets = [_Target(form) for form in forms]
-        if sep == "-" and _looks_like_handle(ident):
-            targets.append(_Target(ident, participant=True))
+    guid = ChatGuid.parse(chat_guid)
+    if guid is not None:
+        others = [guid.with_service(s) for s in CHAT_SERVICES if s.lower() != guid.service.lower()]
+        targets = [_Target(form) for form in [chat_guid, *others]]
+        if guid.is_dm and _looks_like_handle(guid.identifier):
+            targets.append(_Target(guid.identifier, participant=True))
         return targets
     targets = [_Target(chat_guid)]
     if _looks_like_handle(chat_guid):

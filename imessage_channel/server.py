@@ -40,7 +40,7 @@ from pydantic import BaseModel
 from . import __version__
 from .access import Access, AccessStore, is_allowed
 from .appletime import from_apple, to_apple_ns
-from .chatdb import ChatDB, ChatDBError
+from .chatdb import ChatDB, ChatDBError, self_chats
 from .clock import SYSTEM, Clock
 from .delivery import DeliveryLedger
 from .echo import EchoFilter
@@ -395,15 +395,10 @@ class Channel:
         texts themself on, e.g. an email and a phone number), the one with the newest message (by ROWID:
         the one in use); on a tie the one where the owner last answered a prompt. With none in chat.db, the
         DM with the owner's first email address. Blocking (chat.db reads): call it from a worker thread."""
-        candidates = {
-            chat.guid
-            for handle in sorted(self.owner)
-            for chat in self.db.chats_of_handle(handle)
-            if self.pipeline.is_self_chat(chat.guid)
-        }
+        candidates = self_chats(self.db, self.owner)
         if candidates:
             answered = self.pipeline.answered_in
-            return max(sorted(candidates), key=lambda g: (self.db.latest_rowid_in(g), g == answered))
+            return max(candidates, key=lambda g: (self.db.latest_rowid_in(g), g == answered, -candidates.index(g)))
         emails = sorted(h for h in self.owner if "@" in h)
         return f"iMessage;-;{emails[0]}" if emails else None
 

@@ -31,7 +31,6 @@ import argparse
 import functools
 import json
 import os
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -51,10 +50,11 @@ from ..access import (
     GroupPolicy,
     PairingError,
     Pending,
+    group_key,
 )
 from ..chatdb import ChatDB, ChatDBError
 from ..clock import SYSTEM
-from ..handles import HandleError, PhoneRegion, Region, pick_region
+from ..handles import ChatGuid, HandleError, PhoneRegion, Region, pick_region
 from ..patterns import pattern_error
 from ..settings import Settings
 
@@ -69,8 +69,6 @@ POLICY_MEANING = {
     DmPolicy.PAIRING: "anyone not yet allowed who texts you is sent a pairing code to give you",
     DmPolicy.DISABLED: "only self-chat reaches Claude; allowed handles and groups are ignored",
 }
-
-_GROUP_GUID = re.compile(r"^[^;\s]+;\+;[^;\s]+$")
 
 
 class AccessCLIError(ValueError):
@@ -92,13 +90,13 @@ def parse_handle(value: str, region: Region = None) -> str:
     not chats.
     """
     raw = value.strip()
-    parts = raw.split(";")
-    if len(parts) == 3 and parts[1] == "-":
+    guid = ChatGuid.parse(raw)
+    if guid is not None and guid.is_dm:
         raise AccessCLIError(
             f"{raw!r} is a chat GUID, not a handle. Access is granted to a sender: "
-            f"use `imessage-channel access allow {parts[2]}`."
+            f"use `imessage-channel access allow {guid.identifier}`."
         )
-    if len(parts) == 3 and parts[1] == "+":
+    if guid is not None and guid.is_group:
         raise AccessCLIError(
             f"{raw!r} is a group chat GUID, not a handle. Opt the group in with "
             f"`imessage-channel access group add '{raw}'`."
@@ -127,13 +125,13 @@ def parse_group_guid(value: str) -> str:
     """`value` stripped, when it is a group chat GUID (`iMessage;+;chat123…`, `any;+;…`); else
     `AccessCLIError` (a DM GUID gets a hint to allow the person instead)."""
     guid = value.strip()
-    if _GROUP_GUID.match(guid):
+    parsed = ChatGuid.parse(guid)
+    if parsed is not None and parsed.is_group and not any(c.isspace() for c in guid):
         return guid
-    parts = guid.split(";")
-    if len(parts) == 3 and parts[1] == "-":
+    if parsed is not None and parsed.is_dm:
         raise AccessCLIError(
             f"{guid!r} is a one-to-one chat, not a group. Allow the person instead: "
-            f"`imessage-channel access allow {parts[2]}`."
+            f"`imessage-channel access allow {parsed.identifier}`."
         )
     raise AccessCLIError(
         f"{guid!r} is not a group chat GUID. Group GUIDs look like 'iMessage;+;chat123456789'; "
@@ -208,19 +206,6 @@ def _parse_patterns(value: str) -> tuple[str, ...]:
                 "no look-around or back-references."
             )
     return patterns
-
-
-def _guid_tail(guid: str) -> tuple[str, ...]:
-    parts = guid.split(";", 2)
-    return tuple(parts[1:]) if len(parts) == 3 else (guid,)
-
-
-def _group_key(access: Access, guid: str) -> str | None:
-    """The `groups` key naming `guid`: the exact key, else one equal but for the service prefix
-    (`iMessage;+;chat1` ~ `any;+;chat1`, as the gate matches them)."""
-    if guid in access.groups:
-        return guid
-    return next((k for k in access.groups if _guid_tail(k) == _guid_tail(guid)), None)
 
 
 # --- output helpers -----------------------------------------------------------------------------
@@ -439,7 +424,7 @@ def cmd_group_add(store: AccessStore, guid: str, *, no_mention: bool, allow: str
     members = _members(allow, store.region)
 
     def step(a: Access) -> Access:
-        existing = _group_key(a, key)
+        existing = group_key(a.groups, key)
         extra = a.groups[existing].extra if existing else {}
         groups = {k: g for k, g in a.groups.items() if k != existing}
         groups[key] = GroupPolicy(require_mention=not no_mention, allow_from=members, extra=extra)
@@ -481,7 +466,7 @@ def cmd_group_rm(store: AccessStore, guid: str) -> _Result:
     key = guid.strip()
 
     def step(a: Access) -> Access:
-        existing = _group_key(a, key)
+        existing = group_key(a.groups, key)
         if existing is None:
             return a
         return replace(a, groups={k: g for k, g in a.groups.items() if k != existing})

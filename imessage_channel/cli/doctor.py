@@ -48,7 +48,7 @@ from pathlib import Path
 
 from .. import statefile
 from ..access import ACCESS_FILE, APPROVED_DIR, Access, DmPolicy
-from ..chatdb import FULL_DISK_ACCESS_HELP, ChatDB, ChatDBError, is_self_chat
+from ..chatdb import FULL_DISK_ACCESS_HELP, ChatDB, ChatDBError, self_chats
 from ..delivery import LOG_FILE, STATE_FILE
 from ..handles import pick_region
 from ..outbox import OUTBOX_FILE
@@ -189,20 +189,11 @@ def check_owner(db: ChatDB) -> tuple[Check, frozenset[str]]:
     return _pass(OWNER, ", ".join(sorted(owner))), owner
 
 
-def find_self_chat(db: ChatDB, owner: frozenset[str]) -> str | None:
-    """The GUID of a DM with one of the owner's handles, or None."""
-    for handle in sorted(owner):
-        for chat in db.chats_of_handle(handle):
-            if is_self_chat(chat, db.participants(chat.guid), owner):
-                return chat.guid
-    return None
-
-
 def check_self_chat(db: ChatDB, owner: frozenset[str]) -> tuple[Check, str | None]:
     """A self-chat exists: it is where you text Claude and where permission prompts go."""
     if not owner:
         return _skip(SELF_CHAT, "needs the owner handles"), None
-    guid = find_self_chat(db, owner)
+    guid = next(iter(self_chats(db, owner)), None)
     if guid is None:
         return (
             _fail(
