@@ -29,11 +29,14 @@ import json
 import logging
 import re
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from . import statefile
+from .appletime import to_apple_ns
 from .clock import SYSTEM, Clock
 from .statefile import LoadState, Salvaged
 
@@ -48,6 +51,21 @@ which is never more than a batch or two behind, so a few thousand is ample."""
 RECENT_LIMIT = 200
 """Fingerprints of recent deliveries kept for the iCloud double-write check (see `inbound`)."""
 
+Fingerprint = tuple[str, str, str, int, str]
+"""A delivery's fingerprint for the iCloud double-write check: (normalised sender, conversation key, content
+hash, Apple-epoch ns of its date, GUID); see `inbound.filters.Duplicates`."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a commit saves: the watermark (`rowid`), the GUID of the row at it, the local time of the last
+    read (aware UTC), the recent delivery fingerprints."""
+
+    rowid: int
+    edge_guid: str | None
+    last_active: datetime
+    recent: Iterable[Fingerprint]
+
 
 @dataclass
 class Resume:
@@ -58,7 +76,7 @@ class Resume:
     last_active: int | None
     edge_guid: str | None = None
     seen: list[str] = field(default_factory=list)
-    recent: list[tuple[str, str, str, int, str]] = field(default_factory=list)
+    recent: list[Fingerprint] = field(default_factory=list)
     corrupt: bool = False
 
 
@@ -71,7 +89,7 @@ class LedgerState:
     edge_guid: str | None
     last_active: int | None
     seen: tuple[str, ...]
-    recent: tuple[tuple[str, str, str, int, str], ...]
+    recent: tuple[Fingerprint, ...]
 
 
 _GUID = re.compile(r"[\x21-\x7e]{1,200}")
@@ -102,7 +120,7 @@ def _list(value: object, where: str) -> list[object]:
     return value
 
 
-def _fingerprint(item: object, where: str) -> tuple[str, str, str, int, str]:
+def _fingerprint(item: object, where: str) -> Fingerprint:
     if not isinstance(item, list) or len(item) != 5:
         raise ValueError(f"{where}: expected [sender, chat, text hash, date, GUID], got {item!r:.60}")
     return (
@@ -249,28 +267,23 @@ class DeliveryLedger:
         with self._lock:
             return min([processed, *(r - 1 for r in self._inflight.values())])
 
-    def commit(
-        self,
-        processed: int,
-        edge_guid: str | None,
-        last_active: int | None,
-        recent: deque[tuple[str, str, str, int, str]],
-    ) -> None:
-        """Persist the watermark (never past an in-flight row), the GUID of the row at the watermark
-        (`edge_guid`, to detect renumbering), the seen-set and `recent` atomically, then empty
-        `delivered.log`. Errors make the ledger memory-only, with one log line."""
+    def commit(self, snapshot: Snapshot) -> None:
+        """Persist `snapshot` (the pipeline's `InboundPipeline.snapshot()`): the watermark, never past a row
+        still in flight; the GUID of the row at it (to detect renumbering); the seen-set; the recent
+        fingerprints; the local time of the last read. Atomically, then `delivered.log` is emptied. Errors make
+        the ledger memory-only, with one log line."""
         if not self.writable:
             return
         with self._lock:
-            rowid = min([processed, *(r - 1 for r in self._inflight.values())])
+            rowid = min([snapshot.rowid, *(r - 1 for r in self._inflight.values())])
             data = {
                 "version": 1,
                 "db": self.db_path,
                 "rowid": rowid,
-                "edge_guid": edge_guid if rowid == processed else None,
-                "last_active": last_active,
+                "edge_guid": snapshot.edge_guid if rowid == snapshot.rowid else None,
+                "last_active": to_apple_ns(snapshot.last_active),
                 "seen": list(self._seen),
-                "recent": [list(r) for r in recent],
+                "recent": [list(r) for r in snapshot.recent],
             }
             try:
                 statefile.atomic_write(self.path, json.dumps(data).encode("utf-8"))

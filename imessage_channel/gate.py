@@ -50,11 +50,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 
 from imessage_channel.access import Access, DmPolicy, GroupPolicy, group_key, is_allowed
 from imessage_channel.handles import STYLE_DM, STYLE_GROUP
 from imessage_channel.patterns import any_match
+from imessage_channel.reasons import Reason, Verdict
 
 #: Services whose sender is authenticated by Apple ID (compared lowercased).
 IMESSAGE_SERVICES = frozenset({"imessage", "imessagelite"})
@@ -79,27 +79,19 @@ class Inbound:
     is_self_chat: bool
 
 
-class Verdict(StrEnum):
-    """DELIVER to Claude, DROP silently, or PAIR (answer the sender with a pairing code)."""
-
-    DELIVER = "deliver"
-    DROP = "drop"
-    PAIR = "pair"
-
-
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """A verdict and a short stable slug saying which rule decided (see the module table)."""
+    """A verdict and the reason that decided it (see the module table; `reasons` words both)."""
 
     verdict: Verdict
-    reason: str
+    reason: Reason
 
 
-def _deliver(reason: str) -> Decision:
+def _deliver(reason: Reason) -> Decision:
     return Decision(Verdict.DELIVER, reason)
 
 
-def _drop(reason: str) -> Decision:
+def _drop(reason: Reason) -> Decision:
     return Decision(Verdict.DROP, reason)
 
 
@@ -109,33 +101,33 @@ def decide(msg: Inbound, access: Access, *, allow_sms: bool) -> Decision:
     Pure; the rules and their order are the module docstring's table. Never raises.
     """
     if not allow_sms and msg.service.lower() not in IMESSAGE_SERVICES:
-        return _drop("sms")
+        return _drop(Reason.SMS)
     if msg.is_self_chat:
-        return _deliver("self-chat")
+        return _deliver(Reason.SELF_CHAT)
     if msg.is_from_me:
-        return _drop("own-message")
+        return _drop(Reason.OWN_MESSAGE)
     if not msg.sender:
-        return _drop("no-sender")
+        return _drop(Reason.NO_SENDER)
     if msg.chat_style not in (STYLE_DM, STYLE_GROUP):
-        return _drop("unknown-chat-style")
+        return _drop(Reason.UNKNOWN_CHAT_STYLE)
     if access.dm_policy is DmPolicy.DISABLED:
-        return _drop("dm-disabled")
+        return _drop(Reason.DM_DISABLED)
     if msg.chat_style == STYLE_DM:
         if is_allowed(access.allow_from, msg.sender):
-            return _deliver("allowlisted")
+            return _deliver(Reason.ALLOWLISTED)
         if access.dm_policy is DmPolicy.PAIRING:
-            return Decision(Verdict.PAIR, "pairing")
-        return _drop("not-allowlisted")
+            return Decision(Verdict.PAIR, Reason.PAIRING)
+        return _drop(Reason.NOT_ALLOWLISTED)
     group = find_group(access.groups, msg.chat_guid)
     if group is None:
-        return _drop("group-not-enabled")
+        return _drop(Reason.GROUP_NOT_ENABLED)
     if group.allow_from and not is_allowed(group.allow_from, msg.sender):
-        return _drop("not-in-group-allowlist")
+        return _drop(Reason.NOT_IN_GROUP_ALLOWLIST)
     if not group.require_mention:
-        return _deliver("group-open")
+        return _deliver(Reason.GROUP_OPEN)
     if mentioned(msg.text, access.mention_patterns or ()):
-        return _deliver("mentioned")
-    return _drop("no-mention")
+        return _deliver(Reason.MENTIONED)
+    return _drop(Reason.NO_MENTION)
 
 
 def find_group(groups: Mapping[str, GroupPolicy], chat_guid: str) -> GroupPolicy | None:

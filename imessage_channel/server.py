@@ -39,7 +39,6 @@ from pydantic import BaseModel
 
 from . import __version__
 from .access import Access, AccessStore, is_allowed
-from .appletime import from_apple, to_apple_ns
 from .chatdb import ChatDB, ChatDBError, self_chats
 from .clock import SYSTEM, Clock
 from .delivery import DeliveryLedger
@@ -49,6 +48,7 @@ from .handles import pick_region
 from .inbound import (
     BATCH,
     Action,
+    Approvals,
     Deliver,
     InboundPipeline,
     PermissionVerdict,
@@ -254,19 +254,19 @@ class Channel:
         self.outbox = Outbox(config.state_dir, clock=clock.wall, stamp=clock)
         self.outbox.load()
         self._outbox_changed = anyio.Event()
-        self.pipeline = self._resume(
-            InboundPipeline(
-                db=db,
-                store=self.store,
-                owner=self.owner,
-                watermark=0,
-                echo=self.echo,
-                allow_sms=config.allow_sms,
-                ledger=self.ledger,
-                inbox=Inbox.in_state_dir(config.state_dir, clock),
-                clock=clock,
-            )
+        self.pipeline = InboundPipeline(
+            db=db,
+            store=self.store,
+            owner=self.owner,
+            catchup_window=config.catchup_window,
+            echo=self.echo,
+            allow_sms=config.allow_sms,
+            ledger=self.ledger,
+            inbox=Inbox.in_state_dir(config.state_dir, clock),
+            clock=clock,
         )
+        self.pipeline.resume(self.ledger.load(), config.catchup_max)
+        self.approvals = Approvals(self.store, db)
         # Persist the starting point at once: a crash before the first batch is committed must resume here
         # (with delivered.log naming what was already pushed), not look like a first start that skips it all.
         self._commit()
@@ -288,39 +288,6 @@ class Channel:
             "notifications/initialized", types.NotificationParams, self._on_initialized
         )
         self.server.add_notification_handler(PERMISSION_REQUEST, PermissionRequest, self._on_permission_request)
-
-    def _resume(self, pipeline: InboundPipeline) -> InboundPipeline:
-        """Place the watermark: first start → `MAX(ROWID)` (nothing old is delivered); restart → where
-        the ledger left off, catching up on rows dated within the catch-up window (at most the newest
-        `catchup_max`); corrupt ledger → the same catch-up from the start of the window."""
-        resume = self.ledger.load()
-        top = self.db.max_rowid()
-        for fingerprint in resume.recent:
-            pipeline.remember(fingerprint)
-        pipeline.catchup_window = self.config.catchup_window
-        if resume.last_active is not None:
-            pipeline.last_read = from_apple(resume.last_active)
-        if resume.rowid is None and not resume.corrupt:
-            pipeline.watermark = top
-            return pipeline
-        base = resume.rowid or 0
-        pipeline.edge_guid = resume.edge_guid
-        seq, guid = self.db.anchor(base)
-        if base and (seq < base or (guid is not None and resume.edge_guid and guid != resume.edge_guid)):
-            pipeline.watermark = base  # rebuilt or restored while we were down: the first poll re-anchors
-            return pipeline
-        since = self.clock.now() - self.config.catchup_window
-        start = self.db.catchup_start(base, top, to_apple_ns(since), self.config.catchup_max)
-        pipeline.watermark, pipeline.edge_guid = start - 1, None  # anchor checked above at `base`
-        pipeline.catchup_until = top
-        if top > base:
-            log.info(
-                "%d rows arrived while the channel was down; delivering those since %s (at most %d)",
-                top - base,
-                since.isoformat(timespec="minutes"),
-                self.config.catchup_max,
-            )
-        return pipeline
 
     def _written(self, line: str) -> None:
         """Called by the stdout writer after each line: a channel event's line is a delivery."""
@@ -587,12 +554,7 @@ class Channel:
         return actions, len(decisions) >= BATCH and not held, held
 
     def _commit(self) -> None:
-        self.ledger.commit(
-            self.pipeline.watermark,
-            self.pipeline.edge_guid,
-            to_apple_ns(self.clock.now()),
-            self.pipeline.recent,
-        )
+        self.ledger.commit(self.pipeline.snapshot())
 
     async def deliver_forever(self) -> None:
         """Wait until the client listens (`_until_listening`), then read, gate and push for as long as the
@@ -605,7 +567,7 @@ class Channel:
             while True:
                 held = False
                 try:
-                    for action in await anyio.to_thread.run_sync(self.pipeline.approvals):
+                    for action in await anyio.to_thread.run_sync(self.approvals.confirmations):
                         await self._execute(action, tg)
                     more = True
                     while more:

@@ -229,7 +229,7 @@ def test_pair_allows_the_sender_drops_the_code_and_writes_the_approval(state, ca
 
 def test_after_pair_the_server_texts_the_confirmation_to_the_senders_chat(state, capsys, chatdb_factory):
     from imessage_channel.chatdb import ChatDB
-    from imessage_channel.inbound import InboundPipeline, Send
+    from imessage_channel.inbound import Approvals, Send
 
     path, sim = chatdb_factory("sonoma")
     sim.receive(sim.dm(STRANGER), STRANGER, "hi, may I?")  # the text that got the code
@@ -237,8 +237,7 @@ def test_after_pair_the_server_texts_the_confirmation_to_the_senders_chat(state,
     with freeze_time(T0):
         access_cli(capsys, "pair", code_)
     with ChatDB(path) as db:
-        pipeline = InboundPipeline(db=db, store=AccessStore(state), owner=frozenset(), watermark=0)
-        assert pipeline.approvals() == [Send(DM_STRANGER, PAIRED_CONFIRMATION)]
+        assert Approvals(AccessStore(state), db).confirmations() == [Send(DM_STRANGER, PAIRED_CONFIRMATION)]
     assert not (state / "approved" / STRANGER).exists()
 
 

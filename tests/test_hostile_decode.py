@@ -40,21 +40,15 @@ from imessage_channel.chatdb import (
     plain_id,
     tapback_of,
 )
-from imessage_channel.cli.watch import DROPPED, decision_words
+from imessage_channel.cli.watch import decision_words
 from imessage_channel.clock import ManualClock
 from imessage_channel.devtools.simulator import AttachmentSpec, MessagesSimulator
 from imessage_channel.devtools.typedstream_writer import encode_attributed_body
 from imessage_channel.echo import EchoFilter
-from imessage_channel.inbound import (
-    HOLD_PENALTY_S,
-    JOIN_GRACE_S,
-    JOIN_WATCH_S,
-    MAX_JOINING,
-    NOT_DELIVERED,
-    Deliver,
-    InboundPipeline,
-    RowDecision,
-)
+from imessage_channel.inbound import Cursor, Deliver, InboundPipeline, RowDecision
+from imessage_channel.inbound.followups import JOIN_WATCH_S, MAX_JOINING
+from imessage_channel.inbound.pipeline import HOLD_PENALTY_S, JOIN_GRACE_S, NOT_DELIVERED
+from imessage_channel.reasons import Reason, Verdict
 from imessage_channel.render import describe
 from imessage_channel.typedstream import (
     FILE_TRANSFER_GUID_KEY,
@@ -352,13 +346,14 @@ def test_a_placed_sticker_is_a_sticker_reaction() -> None:
 def test_notices_are_named_in_history_and_in_watch(item_type: int, share_status: bool, history: str) -> None:
     msg = notice_message(item_type, share_status)
     assert describe(msg) == history
-    line = decision_words(RowDecision(msg, "drop", msg.kind.value))
+    line = decision_words(RowDecision(msg, Verdict.DROP, Reason(msg.kind.value)))
     assert line.startswith("dropped: a ") and "_" not in line  # words, not the slug
 
 
 def test_watch_has_words_for_every_kind_the_pipeline_drops() -> None:
-    assert {kind.value for kind in NOT_DELIVERED} <= set(DROPPED)
-    assert "unsafe-id" in DROPPED
+    for kind in NOT_DELIVERED:  # each kind is a reason, and each reason carries its words
+        assert Reason(kind.value).words and "_" not in Reason(kind.value).words
+    assert Reason.UNSAFE_ID.words
 
 
 def a_message(**fields: object) -> Message:
@@ -550,7 +545,7 @@ class Pipe:
             db=self.db,
             store=AccessStore(tmp / "state"),
             owner=self.db.owner_handles(),
-            watermark=self.db.max_rowid(),
+            cursor=Cursor(self.db.max_rowid()),
             echo=EchoFilter(clock=self.clock.monotonic),
             clock=self.clock,
         )
@@ -583,7 +578,7 @@ def test_the_join_watch_ends_after_its_window(pipe: Pipe) -> None:
     pipe.clock.advance(JOIN_WATCH_S + 1)
     pipe.sim.join_attachments(row)
     assert pipe.poll() == ([], [])  # too late: logged, not delivered
-    assert pipe.pipe._joining == {}
+    assert pipe.pipe.followups.watched[1] == 0  # no message waiting for files
 
 
 def test_a_sender_whose_files_never_came_holds_no_one_up_again(pipe: Pipe) -> None:
@@ -609,7 +604,7 @@ def test_at_most_max_joining_messages_are_watched(pipe: Pipe) -> None:
     assert pipe.poll()[1] == [("hold", "waiting-for-attachments")]
     pipe.clock.advance(JOIN_GRACE_S)
     events, _ = pipe.poll()
-    assert len(events) == MAX_JOINING + 3 and len(pipe.pipe._joining) == MAX_JOINING
+    assert len(events) == MAX_JOINING + 3 and pipe.pipe.followups.watched[1] == MAX_JOINING
 
 
 def test_photos_sent_in_a_row_are_not_taken_for_icloud_copies_of_each_other(pipe: Pipe) -> None:

@@ -28,7 +28,8 @@ from imessage_channel.chatdb import ChatDB
 from imessage_channel.clock import ManualClock
 from imessage_channel.devtools.simulator import MessagesSimulator
 from imessage_channel.echo import EchoFilter
-from imessage_channel.inbound import LATE_AFTER, STORM_ROWS, Age, Deliver, InboundPipeline, is_storm, judge_age
+from imessage_channel.inbound import Cursor, Deliver, InboundPipeline
+from imessage_channel.inbound.filters import LATE_AFTER, STORM_ROWS, Age, is_storm, judge_age
 from tests.harness import PERMISSION
 from tests.test_durability import FRIEND, OWNER, Rig, contents
 
@@ -116,7 +117,7 @@ class Pipe:
             db=self.db,
             store=AccessStore(tmp / "state"),
             owner=self.db.owner_handles(),
-            watermark=self.db.max_rowid(),
+            cursor=Cursor(self.db.max_rowid()),
             echo=EchoFilter(clock=self.clock.monotonic),
             clock=self.clock,
         )

@@ -14,7 +14,16 @@ from imessage_channel.chatdb import ChatDB
 from imessage_channel.clock import ManualClock
 from imessage_channel.devtools.simulator import MessagesSimulator
 from imessage_channel.echo import EchoFilter
-from imessage_channel.inbound import JOIN_GRACE_S, Deliver, InboundPipeline, PermissionVerdict, Send, iso_utc
+from imessage_channel.inbound import (
+    JOIN_GRACE_S,
+    Approvals,
+    Cursor,
+    Deliver,
+    InboundPipeline,
+    PermissionVerdict,
+    Send,
+    iso_utc,
+)
 
 OWNER = "owner@example.com"
 FRIEND = "friend@example.com"
@@ -39,7 +48,7 @@ class Rig:
             db=self.db,
             store=AccessStore(self.state),
             owner=self.db.owner_handles(),
-            watermark=self.db.max_rowid(),
+            cursor=Cursor(self.db.max_rowid()),
             echo=EchoFilter(clock=self.clock.monotonic),
             clock=self.clock,
         )
@@ -155,8 +164,9 @@ def test_approved_files_become_confirmations_and_are_consumed(rig: Rig) -> None:
     approved = rig.state / "approved"
     approved.mkdir()
     (approved / FRIEND).write_text(rig.friend.guid)
-    assert rig.pipe.approvals() == [Send(rig.friend.guid, "Paired! Say hi to Claude.")]
-    assert rig.pipe.approvals() == []
+    approvals = Approvals(rig.pipe.store, rig.db)
+    assert approvals.confirmations() == [Send(rig.friend.guid, "Paired! Say hi to Claude.")]
+    assert approvals.confirmations() == []
 
 
 def test_edited_row_is_delivered_with_edited_meta_and_unsent_row_is_not(rig: Rig) -> None:

@@ -200,3 +200,10 @@ def test_the_signature_the_readme_lists_can_be_set(tmp_path: Path) -> None:
     code, _out, err = _access(str(tmp_path), "set", "signature", "— sent from my Mac")
     assert code == 0, err
     assert json.loads((tmp_path / "access.json").read_text())["signature"] == "— sent from my Mac"
+
+
+def test_the_readme_lists_every_reason_watch_can_print_with_its_fix() -> None:
+    from imessage_channel.reasons import reasons_table
+
+    start, end = README.index("<!-- reasons:start -->\n"), README.index("\n<!-- reasons:end -->")
+    assert README[start + len("<!-- reasons:start -->\n") : end] == reasons_table()

@@ -21,14 +21,8 @@ from imessage_channel.chatdb import ChatDB
 from imessage_channel.clock import ManualClock
 from imessage_channel.devtools.simulator import AttachmentSpec, MessagesSimulator
 from imessage_channel.echo import EchoFilter
-from imessage_channel.inbound import (
-    ATTACHMENT_WAIT_S,
-    EDIT_WINDOW,
-    MAX_WAITING,
-    TRACK_LIMIT,
-    Deliver,
-    InboundPipeline,
-)
+from imessage_channel.inbound import Cursor, Deliver, InboundPipeline
+from imessage_channel.inbound.followups import ATTACHMENT_WAIT_S, EDIT_WINDOW, MAX_WAITING, TRACK_LIMIT
 from imessage_channel.media import image_dimensions
 from imessage_channel.server import reply_signature
 from tests.harness import FAKES_BIN, PERMISSION, ServerProcess, sentinel
@@ -373,7 +367,7 @@ class Pipe:
             db=self.db,
             store=AccessStore(tmp / "state"),
             owner=self.db.owner_handles(),
-            watermark=self.db.max_rowid(),
+            cursor=Cursor(self.db.max_rowid()),
             echo=EchoFilter(clock=self.clock.monotonic),
             clock=self.clock,
         )
@@ -409,7 +403,7 @@ def test_at_most_max_waiting_downloads_are_watched(pipe: Pipe) -> None:
         for i in range(MAX_WAITING + 5):
             pipe.sim.receive(pipe.friend, FRIEND, f"file {i}", attachments=[spec])
     assert len(pipe.poll()) == MAX_WAITING + 5
-    assert len(pipe.pipe._waiting) == MAX_WAITING
+    assert pipe.pipe.followups.watched[0] == MAX_WAITING
 
 
 def test_edits_after_the_edit_window_are_not_watched(pipe: Pipe) -> None:

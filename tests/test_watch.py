@@ -24,6 +24,7 @@ from imessage_channel.chatdb import Kind, Message
 from imessage_channel.cli import main
 from imessage_channel.cli.watch import decision_words, format_line
 from imessage_channel.inbound import RowDecision
+from imessage_channel.reasons import DELIVERED, HOLDS, Reason, Verdict
 
 PROJECT = Path(__file__).resolve().parents[1]
 FRIEND = "friend@example.com"
@@ -216,22 +217,25 @@ def _message(text: str, **fields: object) -> Message:
 
 
 def test_format_line_is_one_line_whatever_the_text_contains():
-    d = RowDecision(_message("first\nsecond\r\n\u202eevil"), "drop", "not-allowlisted")
+    d = RowDecision(_message("first\nsecond\r\n\u202eevil"), Verdict.DROP, Reason.NOT_ALLOWLISTED)
     line = format_line(d, UTC)
     assert "\n" not in line and "\r" not in line and "\u202e" not in line
     assert line.startswith('09:05:07  #7  iMessage;-;+15551234567  +15551234567  text  "first ⏎ second ⏎ \\u202eevil"')
 
 
 def test_long_texts_are_cut_to_a_preview():
-    line = format_line(RowDecision(_message("word " * 100), "deliver", "allowlisted"), UTC)
+    line = format_line(RowDecision(_message("word " * 100), Verdict.DELIVER, Reason.ALLOWLISTED), UTC)
     preview = line.split("  ")[5]
     assert preview.endswith('…"') and len(preview) <= 52
 
 
-def test_unknown_reasons_from_a_newer_pipeline_are_still_words():
-    d = RowDecision(_message("x"), "drop", "too-old-replay")
-    assert decision_words(d) == "dropped: too old replay"
-    assert decision_words(RowDecision(_message("x"), "deliver", "new-rule")) == "delivered (new rule)"
+@pytest.mark.parametrize("reason", list(Reason), ids=[r.value for r in Reason])
+def test_every_reason_is_said_in_words_with_its_fix_filled_in(reason: Reason):
+    verdict = Verdict.DELIVER if reason in DELIVERED else Verdict.HOLD if reason in HOLDS else Verdict.DROP
+    words = decision_words(RowDecision(_message("x"), verdict, reason))
+    assert reason.words in words and "{" not in words
+    if reason.fix and verdict is Verdict.DROP:
+        assert reason.fix_for("+15551234567", "iMessage;-;+15551234567") in words
 
 
 # --- live mode -------------------------------------------------------------------------------

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from datetime import tzinfo
 from typing import TextIO
 
 from ..access import AccessStore
-from ..chatdb import ChatDB, ChatDBError, Message
+from ..chatdb import ChatDB, ChatDBError
 from ..handles import pick_region
-from ..inbound import InboundPipeline, RowDecision
+from ..inbound import Cursor, InboundPipeline, RowDecision
+from ..reasons import Verdict
 from ..render import QuoteLookup, describe, first_words, sender_label
 from ..waker import SAFETY_POLL_S, Waker
 
@@ -44,78 +44,21 @@ HOLD_RETRY_S = 0.05
 DEFAULT_ONCE_ROWS = 20
 """Rows `--once` replays when neither `--last` nor `--from-rowid` is given."""
 
-_Hint = Callable[[Message], str]
-
-DELIVERED: dict[str, str] = {
-    "self-chat": "self-chat",
-    "allowlisted": "allowlisted sender",
-    "group-open": "group open to every message",
-    "mentioned": "a mention pattern matched",
-}
-"""Words for the gate's DELIVER reasons (`gate.decide` slugs)."""
-
-DROPPED: dict[str, tuple[str, _Hint | None]] = {
-    "sms": ("SMS/RCS sender, spoofable", lambda m: "IMESSAGE_ALLOW_SMS=true lets SMS in"),
-    "own-message": ("your own message outside self-chat", None),
-    "no-sender": ("no sender handle", None),
-    "unknown-chat-style": ("unknown chat type", None),
-    "dm-disabled": (
-        "policy is disabled, only self-chat gets through",
-        lambda m: "imessage-channel access policy allowlist",
-    ),
-    "not-allowlisted": (
-        "not allowlisted",
-        lambda m: f"allow them: imessage-channel access allow {m.handle or '<handle>'}",
-    ),
-    "group-not-enabled": (
-        "group not enabled",
-        lambda m: f"imessage-channel access group add '{m.chat_guid}'",
-    ),
-    "not-in-group-allowlist": ("sender not in this group's allowFrom", None),
-    "no-mention": (
-        "no mention",
-        lambda m: "no mentionPatterns regex matched; see imessage-channel access set mentionPatterns",
-    ),
-    "echo": ("echo of a message Claude sent", None),
-    "self-chat-copy": ("second copy of a self-chat text", None),
-    "receipt": ("receipt, no text", None),
-    "group_event": ("group event", None),
-    "location_sharing": ("a notice that location sharing started or stopped; the location is not in chat.db", None),
-    "audio_kept": ("a notice that someone kept an audio message", None),
-    "shareplay": ("a SharePlay/FaceTime notice", None),
-    "other_event": ("a Messages notice of a kind this version does not know", None),
-    "unsend": ("unsent message", None),
-    "no-chat": ("Messages never joined it to a chat", None),
-    "unsafe-id": ("its GUID or chat GUID holds characters that could forge meta", None),
-    "unreadable": ("the row could not be decoded (see the log)", None),
-    "backfill": ("backfill: an old message re-inserted by iCloud sync or a rebuild (a storm of late rows)", None),
-    "too-old": ("dated before the catch-up window: history, not news", None),
-    "icloud-duplicate": ("second copy of a message iCloud wrote twice", None),
-    "already-delivered": ("already delivered", None),
-    "catch-up-too-old": ("arrived while the channel was stopped, too old to deliver now", None),
-}
-"""Words, and an optional fix, for DROP reasons (gate slugs, `Kind` values, inbound's own slugs)."""
-
 
 def decision_words(d: RowDecision) -> str:
-    """`delivered (…)`, `dropped: <reason in words> (<fix>)`, or another verdict in words.
-
-    Unknown reasons (a newer pipeline) are shown as their slug with dashes turned to spaces."""
-    msg = d.message
-    if d.verdict == "deliver":
-        return f"delivered ({DELIVERED.get(d.reason, d.reason.replace('-', ' '))})"
-    if d.verdict == "drop":
-        words, hint = DROPPED.get(d.reason, (d.reason.replace("-", " ").replace("_", " "), None))
-        return f"dropped: {words}" + (f" ({hint(msg)})" if hint else "")
-    if d.verdict == "pair":
+    """`delivered (…)`, `dropped: <reason in words> (<fix>)`, or another verdict in words: the words each
+    `reasons.Reason` carries, with the row's handle and chat filled into its fix."""
+    msg, reason = d.message, d.reason
+    if d.verdict is Verdict.DELIVER:
+        return f"delivered ({reason.words})"
+    if d.verdict is Verdict.DROP:
+        fix = reason.fix_for(msg.handle, msg.chat_guid) if reason.fix else ""
+        return f"dropped: {reason.words}" + (f" ({fix})" if fix else "")
+    if d.verdict is Verdict.PAIR:
         return "pairing: the channel texts them a code; approve it with imessage-channel access pair <code>"
-    if d.verdict == "verdict":
+    if d.verdict is Verdict.VERDICT:
         return "permission answer"
-    if d.verdict == "hold":
-        if d.reason == "waiting-for-attachments":
-            return "waiting: Messages has not joined all of its files to it yet"
-        return "waiting: Messages has not joined it to a chat yet"
-    return f"{d.verdict}: {d.reason.replace('-', ' ')}"
+    return f"waiting: {reason.words}"
 
 
 def format_line(d: RowDecision, tz: tzinfo | None = None, quote: QuoteLookup | None = None) -> str:
@@ -151,14 +94,14 @@ class Watcher:
         while True:
             _, decisions = self.pipeline.poll()
             for d in decisions:
-                if d.verdict == "hold":
+                if d.verdict is Verdict.HOLD:
                     if d.message.rowid in self._held_shown:
                         continue
                     self._held_shown.add(d.message.rowid)
                 print(format_line(d, self.tz, self._quote), file=self.out, flush=True)
             if not decisions:
                 return False
-            if decisions[-1].verdict == "hold":
+            if decisions[-1].verdict is Verdict.HOLD:
                 return True
 
 
@@ -199,6 +142,9 @@ def _run(args: argparse.Namespace, last: int | None, from_rowid: int | None) -> 
     with ChatDB(args.db or settings.db_path) as db:
         owner = db.owner_handles()
         pipeline = InboundPipeline(
+            # Replayed rows are judged as if they had just arrived, whatever their age: the question
+            # is what the gate makes of them. Rows arriving while watching get the age rules.
+            cursor=Cursor(watermark=_start_watermark(db, last, from_rowid), replay_until=db.max_rowid()),
             db=db,
             store=AccessStore(
                 settings.state_dir,
@@ -206,12 +152,8 @@ def _run(args: argparse.Namespace, last: int | None, from_rowid: int | None) -> 
                 region=pick_region(owner, db.handle_countries(), settings.locales).code,
             ),
             owner=owner,
-            watermark=_start_watermark(db, last, from_rowid),
             allow_sms=settings.allow_sms,
             dry_run=True,
-            # Replayed rows are judged as if they had just arrived, whatever their age: the question
-            # is what the gate makes of them. Rows arriving while watching get the backfill guard.
-            replay_until=db.max_rowid(),
         )
         if not owner:
             print("note: no owner handles found in chat.db, so self-chat cannot be recognised", file=sys.stderr)
