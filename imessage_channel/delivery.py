@@ -8,7 +8,7 @@ Owns two files in the state dir (`IMESSAGE_STATE_DIR`):
   "recent": [[sender, chat, text hash, Apple ns, GUID]…]}`. `rowid` is the watermark: every row ≤ W has been
   decided (delivered, or dropped for a reason). `seen` holds the last `SEEN_LIMIT` delivered GUIDs.
 - `delivered.log` — one GUID per line, appended the moment an event's line has been written to stdout
-  (`transport.StdoutLines.on_written`), and folded into `delivery.json` at the next commit.
+  (the callback of `transport.StdoutLines.send`), and folded into `delivery.json` at the next commit.
 
 Exactly-once works like this: before an event is pushed its (GUID, ROWID) is marked *in flight*; once the
 line is written the GUID moves to the seen-set (and the log). A commit never moves the persisted watermark

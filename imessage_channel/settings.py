@@ -24,8 +24,8 @@ variable and what it accepts: a typo must not silently mean the default.
 | `IMESSAGE_SESSION_NAME` | a name | the project folder's name |
 
 Booleans also accept `1`/`0`, `yes`/`no`, `on`/`off`, `true`/`false` in any case. The locale variables
-(`LOCALE_VARIABLES`) and `CLAUDE_PROJECT_DIR` are read here too, for the phone region and the
-session name.
+(`LOCALE_VARIABLES`), `CLAUDE_PROJECT_DIR`, `__CFBundleIdentifier` and `TERM_PROGRAM` are read here too, for
+the phone region, the session name and the app whose macOS permissions the channel runs with.
 """
 
 from __future__ import annotations
@@ -90,6 +90,10 @@ class Settings:
     addressbook_dir: Path = field(default_factory=lambda: DEFAULT_ADDRESSBOOK_DIR.expanduser())
     session_name: str | None = None
     project_dir: Path | None = None
+    bundle_id: str | None = None
+    """`__CFBundleIdentifier`: the app that started us, as macOS sets it (whose permissions we run with)."""
+    term_program: str | None = None
+    """`TERM_PROGRAM`: the terminal, when the bundle id says nothing."""
     locales: tuple[tuple[str, str], ...] = ()
     """`(variable, value)` of each locale variable set, in `LOCALE_VARIABLES` order (`("LANG", "en_US.UTF-8")`)."""
 
@@ -113,6 +117,8 @@ class Settings:
             addressbook_dir=text.path("IMESSAGE_ADDRESSBOOK_DIR", DEFAULT_ADDRESSBOOK_DIR),
             session_name=env.get("IMESSAGE_SESSION_NAME", "").strip() or None,
             project_dir=Path(env["CLAUDE_PROJECT_DIR"]) if env.get("CLAUDE_PROJECT_DIR") else None,
+            bundle_id=env.get("__CFBundleIdentifier") or None,
+            term_program=env.get("TERM_PROGRAM") or None,
             locales=tuple((name, env[name]) for name in LOCALE_VARIABLES if env.get(name)),
         )
 

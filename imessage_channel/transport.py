@@ -11,7 +11,7 @@ channel needs are missing there, so this module provides both streams and hands 
   written through `StdoutLines`, and only valid messages reach the SDK, untouched.
 - `StdoutLines` owns file descriptor 1: it moves the real stdout to a private descriptor and points fd 1 at
   stderr, so a stray `print` or a child's output can never corrupt the JSON-RPC stream (design §3). Each
-  line is written whole by one writer thread, and `on_written(line)` is called only *after* the line has
+  line is written whole by one writer thread, and the callback given to `send` runs only *after* the line has
   been handed to the kernel: that is the moment a channel event counts as delivered (see `delivery.py`).
 """
 
@@ -103,22 +103,28 @@ class StdinLines:
 class StdoutLines:
     """The JSON-RPC output stream (duck-types the `anyio.AsyncFile` methods `stdio_server` uses).
 
-    `write()` queues a line for a daemon writer thread and returns; the thread writes it completely
-    (looping over partial writes) and then calls `on_written(line)`. Lines are written in order. If the
-    reader of our stdout goes away, writes fail silently and the process exits through stdin EOF.
+    `write()` (the SDK's responses) and `send()` (the channel's own notifications) queue a line for a daemon
+    writer thread and return; the thread writes each line completely (looping over partial writes), in
+    order, and only then calls the callback given to `send`: that is the moment a channel event counts as
+    delivered (`delivery`), known without parsing what was written. If the reader of our stdout goes away,
+    writes fail silently (no callback) and the process exits through stdin EOF.
     """
 
-    def __init__(self, on_written: Callable[[str], None] | None = None) -> None:
+    def __init__(self) -> None:
         sys.stdout.flush()
         self._fd = os.dup(1)
         os.dup2(2, 1)  # fd 1 (and so print/children) now goes to stderr
-        self.on_written = on_written
-        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[str, Callable[[], None] | None] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._drain, name="stdout", daemon=True)
         self._thread.start()
 
     async def write(self, data: str) -> None:
-        self._queue.put(data)
+        self._queue.put((data, None))
+
+    def send(self, line: str, on_written: Callable[[], None] | None = None) -> None:
+        """Queue `line` (one JSON-RPC message, newline included); `on_written()` runs on the writer thread
+        once the whole line is in the pipe."""
+        self._queue.put((line, on_written))
 
     async def flush(self) -> None:
         return None
@@ -130,15 +136,16 @@ class StdoutLines:
 
     def _drain(self) -> None:
         broken = False
-        while (line := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None:
+            line, on_written = item
             if broken:
                 continue
-            data = memoryview(line.encode("utf-8"))
+            data = memoryview(line.encode("utf-8", "replace"))  # a lone surrogate must not stop the writer
             try:
                 while data:
                     data = data[os.write(self._fd, data) :]
             except OSError:
                 broken = True
                 continue
-            if self.on_written is not None:
-                self.on_written(line)
+            if on_written is not None:
+                on_written()

@@ -238,6 +238,10 @@ class ServerProcess:
         """Block until a channel event matching `predicate` arrived; return it."""
         return self._wait(lambda: next((e for e in self.events() if predicate(e)), None), timeout, "a matching event")
 
+    def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 15) -> None:
+        """Block until `condition()` holds (something the server does outside its stdout: a file it writes)."""
+        self._wait(condition, timeout, what)
+
     def wait_log(self, text: str, timeout: float = 15) -> str:
         """Block until the server's stderr contains `text`; return the whole log."""
         return self._wait(lambda: log if text in (log := self.stderr()) else None, timeout, f"{text!r} in the log")

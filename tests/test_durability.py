@@ -316,13 +316,6 @@ def test_renumbered_rowids_are_reanchored_by_date_without_loss_or_repeat(rig: Ri
     assert "delivered before the rebuild" not in contents(second)
 
 
-def test_chat_db_missing_at_start_is_a_clear_error_and_a_non_zero_exit(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "nope" / "chat.db", tmp_path / "home").start()
-    assert server.wait_exit(15) == 2
-    err = server.stderr()
-    assert "No Messages database" in err and "Full Disk Access" in err and "Traceback" not in err
-
-
 def test_chat_db_unreadable_for_a_while_keeps_tools_answering_and_recovers(rig: Rig) -> None:
     server = rig.start()
     rig.sim.close()
@@ -391,7 +384,8 @@ def test_a_send_that_fails_twice_then_succeeds_is_delivered_from_the_outbox(rig:
     assert [c["argv"][1] for c in calls] == ["build finished\nSent by Claude"] * 3
     rig.sentinel(server)
     assert not [e for e in server.events() if e["meta"].get("kind") == "send_failed"]
-    assert json.loads((rig.home / "state" / "outbox.json").read_text())["entries"] == []
+    outbox = rig.home / "state" / "outbox.json"  # rewritten once the send returns, after osascript logged it
+    server.wait_for(lambda: json.loads(outbox.read_text())["entries"] == [], "an empty outbox")
 
 
 def test_queued_parts_survive_a_restart_and_sent_parts_are_never_sent_again(tmp_path: Path) -> None:

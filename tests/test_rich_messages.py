@@ -24,7 +24,7 @@ from imessage_channel.echo import EchoFilter
 from imessage_channel.inbound import Cursor, Deliver, InboundPipeline
 from imessage_channel.inbound.followups import ATTACHMENT_WAIT_S, EDIT_WINDOW, MAX_WAITING, TRACK_LIMIT
 from imessage_channel.media import image_dimensions
-from imessage_channel.server import reply_signature
+from imessage_channel.replies import reply_signature
 from tests.harness import FAKES_BIN, PERMISSION, ServerProcess, sentinel
 from tests.test_media import heic_bytes
 

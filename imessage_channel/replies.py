@@ -1,0 +1,83 @@
+"""Replies: what the `reply` tool sends, and what happens when Messages cannot take it now.
+
+Owns the path from "Claude answers chat G with text T and files F" to `sender.Sender`: the parts (chunked as
+access.json says, the signature on the last), the echo filter told before anything is sent (so Messages
+writing the reply back into chat.db never reaches Claude as input), the size limits (refused whole, before
+any send), and a transient failure's unsent parts queued in the outbox (`outbox.Outbox`) instead of lost.
+Blocking: call from a worker thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .access import Access, AccessStore
+from .echo import EchoFilter
+from .outbox import RETRY_FOR_S, Outbox
+from .render import first_words
+from .sender import DEFAULT_SIGNATURE, Sender, SendError, check_reply_size, text_parts
+
+
+def reply_signature(access: Access, append: bool | None) -> str | None:
+    """The text appended to the last part of each reply, or None for none.
+
+    Whether: `append` (`Settings.append_signature`, env `IMESSAGE_APPEND_SIGNATURE`, which wins when set, as in
+    the official plugin), else access.json `appendSignature`, else yes. What: access.json `signature` on a line
+    of its own (blank: none), else `sender.DEFAULT_SIGNATURE` ("Sent by Claude")."""
+    if append is None:
+        append = access.append_signature if access.append_signature is not None else True
+    if not append:
+        return None
+    if access.signature is not None:
+        text = access.signature.strip()
+        return "\n" + text if text else None
+    return DEFAULT_SIGNATURE
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of a reply: `text` for Claude (the tool result), `queued` when parts wait in the outbox."""
+
+    text: str
+    queued: bool = False
+
+
+@dataclass
+class Replies:
+    """Sends replies (see the module docstring). `append_signature` is `Settings.append_signature`."""
+
+    sender: Sender
+    store: AccessStore
+    echo: EchoFilter
+    outbox: Outbox
+    append_signature: bool | None
+
+    def send(self, chat_id: str, text: str, files: list[str], *, self_chat: bool) -> Outcome:
+        """Send `text` then `files` to `chat_id` (in scope: the caller checked). Raises `SendError` for a reply
+        refused whole (too many parts or files) or a permanent failure (its message says what was sent)."""
+        access = self.store.load()
+        limit, mode = access.effective_text_chunk_limit, access.effective_chunk_mode.value
+        check_reply_size(0, len(files))
+        parts = text_parts(text, limit, mode, reply_signature(access, self.append_signature))
+        for part in parts:
+            self.echo.record(chat_id, part, self_chat=self_chat)
+        try:
+            result = self.sender.send_parts(chat_id, parts, files)
+        except SendError as exc:
+            if not exc.transient:
+                raise
+            k = exc.sent_parts
+            self.outbox.add(chat_id, parts[k:], files[max(0, k - len(parts)) :], exc.message, first_words(text, 40))
+            return Outcome(
+                f"{exc.message}. The unsent part(s) are queued and will be retried for up to "
+                f"{RETRY_FOR_S / 60:.0f} minutes; a channel event will tell you if they are given up. Do not resend.",
+                queued=True,
+            )
+        total = result.parts_total
+        return Outcome("sent" if total == 1 else f"sent {total} parts")
+
+    def send_text(self, chat_guid: str, text: str, *, self_chat: bool) -> None:
+        """Text the channel sends itself (a pairing code, a confirmation, a prompt): recorded as an echo, sent
+        as one message. Raises `SendError`."""
+        self.echo.record(chat_guid, text, self_chat=self_chat)
+        self.sender.send(chat_guid, text)
