@@ -50,6 +50,7 @@ import logging
 import os
 import re
 import sqlite3
+import stat
 import threading
 import unicodedata
 import urllib.parse
@@ -241,18 +242,21 @@ def read_store(path: Path) -> list[_Card]:
     Opens `file:…?mode=ro`, checks `STORE_COLUMNS` with `PRAGMA table_info`, reads the three tables in one read
     transaction and closes the connection. Raises `StoreBusy` when the store stays locked, `StoreError` for
     anything else (a folder, not SQLite, a missing table or column, an I/O error)."""
-    if path.is_dir():
-        raise StoreError(f"{path} is a folder, not a Contacts database")
+    try:
+        if stat.S_ISDIR(os.stat(path).st_mode):
+            raise StoreError(f"{path} is a folder, not a Contacts database: no names from it")
+    except OSError as exc:
+        raise StoreError(f"cannot see {path} ({exc.strerror or exc}): no names from it") from exc
     try:
         conn = sqlite3.connect(_uri(path), uri=True, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot open {path} ({exc})") from exc
+        raise StoreError(f"cannot open {path} ({exc}): no names from it") from exc
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")
         conn.execute("PRAGMA query_only = 1")
         missing = _missing_columns(conn)
         if missing:
-            raise StoreError(f"{path} has no {', '.join(missing)}: no names are read from it")
+            raise StoreError(f"{path} has no {', '.join(missing)}: no names from it")
         conn.execute("BEGIN")
         try:
             records = _fetch(conn, "SELECT Z_PK, ZFIRSTNAME, ZLASTNAME, ZORGANIZATION FROM ZABCDRECORD ORDER BY Z_PK")
@@ -265,7 +269,7 @@ def read_store(path: Path) -> list[_Card]:
         code = getattr(exc, "sqlite_errorcode", None) or 0
         if code & 0xFF in _SQLITE_BUSY or "locked" in str(exc):
             raise StoreBusy(f"{path} is locked ({exc}); keeping the names read before, retrying later") from exc
-        raise StoreError(f"cannot read {path} ({exc})") from exc
+        raise StoreError(f"cannot read {path} ({exc}): no names from it") from exc
     finally:
         conn.close()
     return _cards(records, phones, emails)
@@ -306,7 +310,7 @@ def _text(value: object) -> str:
 
 
 def display_name(first: str, last: str, org: str) -> str:
-    """ "First Last" (either alone when the other is empty), else the organisation, else ""."""
+    """The display name: "First Last" (either alone when the other is empty), else the organisation, else ""."""
     return f"{first} {last}".strip() or org
 
 
@@ -613,7 +617,7 @@ class Contacts:
             try:
                 state = file_state(path)
             except OSError as exc:
-                problems[str(path)] = f"cannot see {path} ({exc.strerror or exc})"
+                problems[str(path)] = f"cannot see {path} ({exc.strerror or exc}): no names from it"
                 continue
             if state is None:
                 continue
@@ -637,7 +641,7 @@ class Contacts:
                 problems[str(path)] = str(exc)
                 self._failed[path] = (state, str(exc))
         if not loaded and not problems:
-            problems[str(self.directory)] = f"no {STORE_NAME} in {self.directory} or its {SOURCES} folder"
+            problems[str(self.directory)] = f"no {STORE_NAME} in {self.directory} or its {SOURCES} folder: no names"
         changed = reread or loaded.keys() != self._stores.keys() or self._index is None
         self._stores = loaded
         self._report(problems)
@@ -655,10 +659,10 @@ class Contacts:
             names = sorted(os.listdir(sources))
         except FileNotFoundError:
             if not self.directory.exists():
-                problems[str(self.directory)] = f"no Contacts folder at {self.directory}"
+                problems[str(self.directory)] = f"no Contacts folder at {self.directory}: no names"
             return paths
         except OSError as exc:
-            problems[str(sources)] = f"cannot list {sources} ({exc.strerror or exc})"
+            problems[str(sources)] = f"cannot list {sources} ({exc.strerror or exc}): no names from its accounts"
             return paths
         return paths + [sources / name / STORE_NAME for name in names]
 
@@ -673,7 +677,7 @@ class Contacts:
         for key, message in problems.items():
             if self._told.get(key) != message:
                 self._told[key] = message
-                log.warning("Contacts: %s. No sender names from it until it can be read.", message)
+                log.warning("Contacts: %s (said once, until this changes).", message)
         for key in [k for k in self._told if k not in problems]:
             del self._told[key]
             log.info("Contacts: %s is readable again", key)
