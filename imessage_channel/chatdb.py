@@ -1008,6 +1008,85 @@ class ChatDB:
             yield from page
             last = page[-1].rowid
 
+    # -- send confirmation (receipts.py) ---------------------------------------------------------
+    def _send_state_cols(self, alias: str) -> str:
+        """`error, is_sent, is_delivered, date_delivered` of `alias`, each NULL-safe; a column the release
+        lacks reads as 0 (all four exist from Monterey to Tahoe in the fixtures' schemas)."""
+        cols = ("error", "is_sent", "is_delivered", "date_delivered")
+        return ", ".join(f"COALESCE({alias}.{c}, 0)" if c in self._columns else "0" for c in cols)
+
+    def sent_rows(
+        self, chat_guids: Sequence[str], after_rowid: int, limit: int = 200
+    ) -> list[tuple[int, str, str, str, int, bool, bool, int, int]]:
+        """The owner's rows (`is_from_me = 1`) joined to the chat(s) with any of these GUIDs, with ROWID >
+        `after_rowid`, oldest first, at most `limit`: the rows Messages writes for what we sent.
+
+        Each is `(rowid, guid, chat_guid, text, error, is_sent, is_delivered, date_delivered, date)`: `text` from
+        `text`, else the decoded attributedBody (macOS 26 leaves `text` NULL on sent rows, openclaw/imsg#249),
+        U+FFFC placeholders removed and ends stripped (`clean_text`); `error` is `message.error` (0 = none;
+        non-zero is the red "Not Delivered"); `date_delivered` and `date` are Apple epoch ns (0 when unset).
+        NULL reads as 0/False.
+
+        Index: `chat.guid` (UNIQUE) finds the chat rows, then the primary key of `chat_message_join`
+        `(chat_id, message_id)` is range-scanned from `after_rowid` for each, and each `message` row is one
+        ROWID lookup; only rows written since `after_rowid` in those chats are visited (and sorted, a handful, in a
+        temporary B-tree: EXPLAIN QUERY PLAN on the Monterey and Tahoe schemas). A row whose
+        `chat_message_join` is not committed yet (design §5), or still `is_from_me = 0` (Messages inserts a
+        sent row with 0 and updates it to 1 shortly after, openclaw/imsg#87), shows up in a later call."""
+        guids = list(dict.fromkeys(chat_guids))
+        if not guids or limit <= 0:
+            return []
+        marks = ",".join("?" * len(guids))
+        text = "m.text" if "text" in self._columns else "NULL"
+        body = "m.attributedBody" if "attributedBody" in self._columns else "NULL"
+        date = "COALESCE(m.date, 0)" if "date" in self._columns else "0"
+        rows = self._query(
+            f"SELECT m.ROWID, m.guid, c.guid, {text}, {body}, {self._send_state_cols('m')}, {date}"
+            " FROM chat c JOIN chat_message_join j ON j.chat_id = c.ROWID JOIN message m ON m.ROWID = j.message_id"
+            f" WHERE c.guid IN ({marks}) AND j.message_id > ? AND m.is_from_me = 1 ORDER BY j.message_id LIMIT ?",
+            (*guids, after_rowid, limit),
+        )
+        return [self._sent_row(r) for r in rows]
+
+    @staticmethod
+    def _sent_row(r: tuple) -> tuple[int, str, str, str, int, bool, bool, int, int]:
+        """One `sent_rows` result from its selected columns (text decoded; a value of an unexpected type,
+        which only a damaged file holds, reads as 0 / "")."""
+        rowid, guid, chat_guid, text, blob, error, is_sent, delivered, date_delivered, when = r
+        if not (isinstance(text, str) and text) and isinstance(blob, bytes):
+            decoded = decode_attributed_body(blob)
+            text = decoded.text if decoded else None
+        num = [v if isinstance(v, int) else 0 for v in (error, is_sent, delivered, date_delivered, when)]
+        return (
+            int(rowid),
+            str(guid),
+            str(chat_guid),
+            clean_text(text if isinstance(text, str) else None),
+            num[0],
+            bool(num[1]),
+            bool(num[2]),
+            num[3],
+            num[4],
+        )
+
+    def send_states(self, rowids: Iterable[int]) -> dict[int, tuple[int, bool, bool, int]]:
+        """`{ROWID: (error, is_sent, is_delivered, date_delivered)}` for these message rows (missing ones are
+        left out; NULL reads as 0/False; `date_delivered` in Apple epoch ns). Messages updates these columns in
+        place after a send (`error` turns non-zero when a send fails, BlueBubbles' `outgoingMessageListener`
+        re-reads rows by ROWID for that), so a watermark never sees the change. Index: the `message` ROWID
+        primary key, one lookup per id, 500 per statement."""
+        ids = sorted(set(rowids))
+        out: dict[int, tuple[int, bool, bool, int]] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for rowid, *cols in self._query(
+                f"SELECT m.ROWID, {self._send_state_cols('m')} FROM message m WHERE m.ROWID IN ({marks})", chunk
+            ):
+                error, is_sent, delivered, date_delivered = (v if isinstance(v, int) else 0 for v in cols)
+                out[int(rowid)] = (error, bool(is_sent), bool(delivered), date_delivered)
+        return out
+
 
 _IDX = {name: i for i, name in enumerate(_OPTIONAL_MESSAGE_COLUMNS)}
 

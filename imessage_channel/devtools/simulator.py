@@ -607,3 +607,56 @@ class MessagesSimulator:
             )
         finally:
             self._end()
+
+    # -- send results (receipts) ----------------------------------------------------------------
+    def chat_ref(self, guid: str) -> ChatRef | None:
+        """The existing chat with this GUID as a `ChatRef` (members from `chat_handle_join`), or None. For
+        writers that only know a chat by its GUID, such as the fake `osascript` answering a send."""
+        row = self.conn.execute(
+            "SELECT ROWID, guid, style, COALESCE(service_name, 'iMessage') FROM chat WHERE guid = ? ORDER BY ROWID",
+            (guid,),
+        ).fetchone()
+        if row is None:
+            return None
+        members = self.conn.execute(
+            "SELECT h.id FROM chat_handle_join j JOIN handle h ON h.ROWID = j.handle_id WHERE j.chat_id = ?"
+            " ORDER BY h.ROWID",
+            (row[0],),
+        ).fetchall()
+        return ChatRef(int(row[0]), str(row[1]), int(row[2] or 0), tuple(m[0] for m in members), str(row[3]))
+
+    def send_result(
+        self,
+        chat: ChatRef,
+        text: str,
+        *,
+        error: int = 0,
+        sent: bool = True,
+        delivered: bool = True,
+        attachments: Sequence[AttachmentSpec] = (),
+        date: datetime | None = None,
+    ) -> RowRef:
+        """A row the owner sent, with its send state as Messages records it: `error` (`message.error`, 0 = none;
+        22 = the recipient is not registered with iMessage), `is_sent`, `is_delivered` and `date_delivered`
+        (the row's date when delivered, else 0). With the defaults it writes what `send` writes."""
+        handle = chat.members[0] if chat.style == 45 and chat.members else None
+        when = date or self.clock()
+        extra: dict[str, object] = {
+            "error": error,
+            "is_sent": int(sent),
+            "is_delivered": int(delivered),
+            "date_delivered": to_apple_ns(when) if delivered else 0,
+        }
+        return self._message(
+            chat, text=text, handle=handle, is_from_me=True, attachments=attachments, date=when, extra=extra
+        )
+
+    def fail_send(self, row: RowRef, error: int = 22) -> None:
+        """A sent row turns red ("Not Delivered") after the fact: Messages updates it in place with a non-zero
+        `error`, `is_delivered` 0 and no `date_delivered` (how BlueBubbles' outgoing-message listener sees a
+        failure: the same ROWID re-read with `error` > 0)."""
+        self._begin()
+        try:
+            self._update("message", row.rowid, {"error": error, "is_delivered": 0, "date_delivered": 0})
+        finally:
+            self._end()
