@@ -20,6 +20,7 @@ import pytest
 from fixtures.chatdb_builder import VERSIONS
 from imessage_channel.chatdb import ChatDB
 from imessage_channel.clock import ManualClock
+from imessage_channel.devtools.simulator import AttachmentSpec, ChatRef, MessagesSimulator, RowRef
 from imessage_channel.receipts import (
     CONFIRM_TIMEOUT_S,
     Confirmation,
@@ -36,7 +37,6 @@ from imessage_channel.receipts import (
     settle,
 )
 from imessage_channel.sender import OsascriptBackend, Sender
-from imessage_channel.simulator import AttachmentSpec, ChatRef, MessagesSimulator, RowRef
 
 OWNER = "owner@example.com"
 FRIEND = "friend@example.com"

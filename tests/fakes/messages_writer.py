@@ -17,7 +17,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 if os.path.isdir(os.path.join(_ROOT, "imessage_channel")) and _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)  # a checkout; an installed package is found without this
 
-from imessage_channel.simulator import AttachmentSpec, ChatRef, MessagesSimulator, RowRef  # noqa: E402
+from imessage_channel.devtools.simulator import AttachmentSpec, ChatRef, MessagesSimulator, RowRef  # noqa: E402
 
 WRITING_MODES = ("write", "write-error", "write-fail-later")
 
