@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import threading
 from collections.abc import Callable
 
 import anyio
@@ -26,8 +27,9 @@ import anyio.abc
 import anyio.to_thread
 
 from .access import AccessStore
-from .chatdb import ChatDB, ChatDBError, self_chats
+from .chatdb import ChatDB, ChatDBError, Message, self_chats
 from .clock import SYSTEM, Clock
+from .contacts import Contacts
 from .delivery import DeliveryLedger
 from .echo import EchoFilter
 from .handles import PhoneRegion, pick_region
@@ -36,6 +38,7 @@ from .inbound.permissions import PendingPermissions
 from .media import Inbox
 from .outbox import Outbox, Queued
 from .reasons import Verdict
+from .receipts import Receipts, failed_label, send_errors
 from .replies import Outcome, Replies
 from .scope import Scope
 from .sender import ERR_NOT_AUTHORIZED, Sender, SendError
@@ -74,6 +77,9 @@ class Channel:
             settings.state_dir, static=settings.static_access, clock=clock, region=lambda: self.region.code
         )
         self.echo = EchoFilter(clock=clock.monotonic)
+        self.contacts = Contacts(
+            settings.addressbook_dir, enabled=settings.contacts, region=lambda: self.region.code, clock=clock
+        )
         self.ledger = DeliveryLedger(settings.state_dir, settings.db_path, clock)
         self.outbox = Outbox(settings.state_dir, clock=clock.wall, stamp=clock)
         self.outbox.load()
@@ -113,12 +119,16 @@ class Channel:
             ledger=self.ledger,
             catchup_window=self.settings.catchup_window,
             inbox=self.inbox,
+            names=self.contacts.name_for,
             clock=self.clock,
         )
         pipeline.resume(self.ledger.load(), self.settings.catchup_max)
         self.db, self.pipeline, self.problem = db, pipeline, None
-        self.scope = Scope(db, self.store, owner, pipeline.is_self_chat)
+        self.scope = Scope(db, self.store, owner, pipeline.is_self_chat, self.contacts.name_for, self._failed)
         self.approvals = Approvals(self.store, db)
+        self.receipts = self.replies.receipts = Receipts(db, clock=self.clock)
+        # Contacts load in the background: a start never waits for them (the first lookup does, if early).
+        threading.Thread(target=self.contacts.refresh, args=(True,), name="contacts", daemon=True).start()
         # Persist the starting point at once: a crash before the first batch is committed must resume here
         # (with delivered.log naming what was already pushed), not look like a first start that skips it all.
         self.commit()
@@ -129,6 +139,11 @@ class Channel:
             "phone numbers without a country code in access.json are read as %s",
             f"{region.code} numbers (from {region.source})" if region.code else "invalid (no region known)",
         )
+
+    def _failed(self, msgs: list[Message]) -> dict[int, str]:
+        """`(not delivered …)` marks for the owner's messages among `msgs` that Messages marked failed."""
+        assert self.db is not None
+        return {rowid: failed_label(code) for rowid, code in send_errors(self.db, msgs).items()}
 
     def require(self) -> tuple[ChatDB, InboundPipeline]:
         """chat.db and the pipeline, refreshed (a replaced or vanished file is noticed here too, by tool calls
@@ -171,6 +186,8 @@ class Channel:
                     for action in await anyio.to_thread.run_sync(self._confirmations):
                         self._execute(action, push, tg)
                     held = await self._drain(push, tg)
+                    for failure in await anyio.to_thread.run_sync(self.receipts.watch_failures):
+                        push(Deliver(failure.content, {**failure.meta(), "ts": iso_utc(self.clock.now())}), None)
                     if failing:
                         log.info("chat.db is readable again")
                     failing = False

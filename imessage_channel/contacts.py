@@ -677,7 +677,9 @@ class Contacts:
         for key, message in problems.items():
             if self._told.get(key) != message:
                 self._told[key] = message
-                log.warning("Contacts: %s (said once, until this changes).", message)
+                # No Contacts folder at all (not a Mac, or Contacts never used) is no fault: said at INFO.
+                level = logging.INFO if message.startswith("no Contacts folder") else logging.WARNING
+                log.log(level, "Contacts: %s (said once, until this changes).", message)
         for key in [k for k in self._told if k not in problems]:
             del self._told[key]
             log.info("Contacts: %s is readable again", key)

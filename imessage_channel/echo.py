@@ -14,6 +14,7 @@ so a person who deliberately repeats Claude's words later is still heard.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import unicodedata
@@ -34,6 +35,11 @@ _WS = re.compile(r"\s+")
 def normalize_text(text: str) -> str:
     """The comparison form of a message text (see module docstring)."""
     return _WS.sub(" ", unicodedata.normalize("NFC", text).replace("\ufffc", "")).strip()
+
+
+def file_key(names: list[str]) -> str:
+    """The echo key of a file-only row: its attachments' names (a text can never hold the NUL it starts with)."""
+    return "\0files:" + "\0".join(unicodedata.normalize("NFC", n) for n in names)
 
 
 def conversation_key(chat_guid: str, *, self_chat: bool) -> str:
@@ -73,6 +79,16 @@ class EchoFilter:
             else:
                 entry.expires = self.clock() + self.window
                 entry.remaining += extra
+
+    def record_file(self, chat_guid: str, path: str, *, self_chat: bool) -> None:
+        """Remember that the file at `path` was just sent to `chat_guid` (its row comes back with the file's
+        name as the attachment's `transfer_name`, and no text: `is_file_echo`)."""
+        self.record(chat_guid, file_key([os.path.basename(path)]), self_chat=self_chat)
+
+    def is_file_echo(self, chat_guid: str, names: list[str], *, self_chat: bool) -> bool:
+        """True (and one use consumed) when a row with no text and these attachment names in `chat_guid` is one
+        of our file sends coming back."""
+        return self.is_echo(chat_guid, file_key(names), self_chat=self_chat)
 
     def is_echo(self, chat_guid: str, text: str, *, self_chat: bool) -> bool:
         """True (and one use consumed) when `text` in `chat_guid` matches a recent send."""

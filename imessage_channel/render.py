@@ -9,7 +9,7 @@ rendered visibly, so a message can never forge an extra history line or header.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, tzinfo
 
 from .chatdb import Attachment, Chat, Kind, Message, Tapback
@@ -153,16 +153,27 @@ def describe(msg: Message, quote: QuoteLookup | None = None) -> str:
     return text
 
 
-def sender_label(msg: Message) -> str:
-    """`me` for the owner's rows, else the sender's handle (or `unknown`)."""
+Names = Callable[[str], str | None]
+"""A handle's contact name, or None (`contacts.Contacts.name_for`)."""
+
+
+def named(handle: str, names: Names | None) -> str:
+    """`Jane Appleseed (+14155550132)` when `names` knows the handle, else the handle; one line either way."""
+    name = names(handle) if names is not None else None
+    return one_line(f"{name} ({handle})" if name else handle)
+
+
+def sender_label(msg: Message, names: Names | None = None) -> str:
+    """`me` for the owner's rows, else the sender's handle (or `unknown`), with its contact name."""
     if msg.is_from_me:
         return "me"
-    return one_line(msg.handle or "unknown")
+    return named(msg.handle, names) if msg.handle else "unknown"
 
 
-def chat_header(chat: Chat, participants: Sequence[str]) -> str:
-    """`== DM with a@example.com (iMessage;-;a@example.com) ==` or `== Group "name": a, b (guid) ==`."""
-    who = ", ".join(one_line(p) for p in participants) or "nobody else"
+def chat_header(chat: Chat, participants: Sequence[str], names: Names | None = None) -> str:
+    """`== DM with a@example.com (iMessage;-;a@example.com) ==` or `== Group "name": a, b (guid) ==`; a
+    participant with a contact name reads `Jane Appleseed (+14155550132)`."""
+    who = ", ".join(named(p, names) for p in participants) or "nobody else"
     if chat.is_group:
         name = f' "{one_line(chat.display_name)}"' if chat.display_name else ""
         return f"== Group{name} with {who} ({chat.guid}) =="
@@ -180,11 +191,14 @@ def render_conversation(
     tz: tzinfo | None = None,
     include_receipts: bool = False,
     show_kind: bool = False,
+    names: Names | None = None,
+    marks: Mapping[int, str] | None = None,
 ) -> str:
     """A conversation block: header, `--- YYYY-MM-DD ---` day separators, `[HH:MM] sender: text`.
     Times are shown in `tz` (default: the machine's local zone). Receipts are skipped unless asked;
-    `show_kind` adds the row's kind (`[10:02] a@example.com (tapback): …`)."""
-    lines = [chat_header(chat, participants)]
+    `show_kind` adds the row's kind (`[10:02] a@example.com (tapback): …`); `names` puts contact names beside
+    handles; `marks` adds words after a message's line by ROWID (`receipts.failed_label`: `(not delivered)`)."""
+    lines = [chat_header(chat, participants, names)]
     day = None
     for msg in messages:
         if msg.kind is Kind.RECEIPT and not include_receipts:
@@ -195,5 +209,6 @@ def render_conversation(
             lines.append(f"--- {day.isoformat()} ---")
         stamp = when.strftime("%H:%M") if when else "--:--"
         kind = f" ({msg.kind.value})" if show_kind else ""
-        lines.append(f"[{stamp}] {sender_label(msg)}{kind}: {describe(msg, quote)}")
+        mark = f" {marks[msg.rowid]}" if marks and msg.rowid in marks else ""
+        lines.append(f"[{stamp}] {sender_label(msg, names)}{kind}: {describe(msg, quote)}{mark}")
     return "\n".join(lines)

@@ -3,7 +3,9 @@
 Owns the path from "Claude answers chat G with text T and files F" to `sender.Sender`: the parts (chunked as
 access.json says, the signature on the last), the echo filter told before anything is sent (so Messages
 writing the reply back into chat.db never reaches Claude as input), the size limits (refused whole, before
-any send), and a transient failure's unsent parts queued in the outbox (`outbox.Outbox`) instead of lost.
+any send), a transient failure's unsent parts queued in the outbox (`outbox.Outbox`) instead of lost, and
+the answer confirmed from the rows Messages writes (`receipts`): "sent" only when they are there without
+an error.
 Blocking: call from a worker thread.
 """
 
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 from .access import Access, AccessStore
 from .echo import EchoFilter
 from .outbox import RETRY_FOR_S, Outbox
+from .receipts import Outcome as ReceiptOutcome
+from .receipts import Receipts
 from .render import first_words
 from .sender import DEFAULT_SIGNATURE, Sender, SendError, check_reply_size, text_parts
 
@@ -36,10 +40,12 @@ def reply_signature(access: Access, append: bool | None) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What became of a reply: `text` for Claude (the tool result), `queued` when parts wait in the outbox."""
+    """What became of a reply: `text` for Claude (the tool result); `queued` when parts wait in the outbox;
+    `failed` when Messages marked a part not delivered (the tool answers it as an error)."""
 
     text: str
     queued: bool = False
+    failed: bool = False
 
 
 @dataclass
@@ -51,6 +57,8 @@ class Replies:
     echo: EchoFilter
     outbox: Outbox
     append_signature: bool | None
+    receipts: Receipts | None = None
+    """Send confirmation (`receipts`): set once chat.db is open; None answers "sent" when AppleScript returns."""
 
     def send(self, chat_id: str, text: str, files: list[str], *, self_chat: bool) -> Outcome:
         """Send `text` then `files` to `chat_id` (in scope: the caller checked). Raises `SendError` for a reply
@@ -61,6 +69,9 @@ class Replies:
         parts = text_parts(text, limit, mode, reply_signature(access, self.append_signature))
         for part in parts:
             self.echo.record(chat_id, part, self_chat=self_chat)
+        for file in files:
+            self.echo.record_file(chat_id, file, self_chat=self_chat)
+        pending = self.receipts.expect(chat_id, parts, files=files) if self.receipts is not None else None
         try:
             result = self.sender.send_parts(chat_id, parts, files)
         except SendError as exc:
@@ -73,6 +84,9 @@ class Replies:
                 f"{RETRY_FOR_S / 60:.0f} minutes; a channel event will tell you if they are given up. Do not resend.",
                 queued=True,
             )
+        if pending is not None and self.receipts is not None:  # look for the rows Messages writes
+            confirmation = self.receipts.confirm(pending)
+            return Outcome(confirmation.description, failed=confirmation.outcome is ReceiptOutcome.FAILED)
         total = result.parts_total
         return Outcome("sent" if total == 1 else f"sent {total} parts")
 

@@ -7,13 +7,13 @@ participant is allowlisted, or a configured group. Blocking (chat.db reads): cal
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .access import AccessStore, is_allowed
-from .chatdb import ChatDB
+from .chatdb import ChatDB, Message
 from .gate import find_group
-from .render import render_conversation
+from .render import Names, render_conversation
 
 
 @dataclass
@@ -25,6 +25,9 @@ class Scope:
     store: AccessStore
     owner: frozenset[str]
     is_self_chat: Callable[[str], bool]
+    names: Names | None = None
+    marks: Callable[[list[Message]], Mapping[int, str]] | None = None
+    """Words to put after the owner's messages that failed (`receipts`), given a chat's messages."""
 
     def may_answer(self, chat_guid: str) -> bool:
         """True for self-chat, a DM whose participant is allowlisted, or a configured group. Raises
@@ -64,5 +67,8 @@ class Scope:
             if chat is None:
                 continue
             msgs = self.db.last_messages(guid, limit)
-            blocks.append(render_conversation(chat, self.db.participants(guid), msgs, quote=self.db.text_of))
+            marks = self.marks(msgs) if self.marks is not None else None
+            participants = self.db.participants(guid)
+            text = render_conversation(chat, participants, msgs, quote=self.db.text_of, names=self.names, marks=marks)
+            blocks.append(text)
         return "\n\n".join(blocks) if blocks else "No messages."

@@ -246,7 +246,7 @@ class ChannelServer:
                 "group). Use the chat_id of an event you received."
             )
         outcome = await self.channel.reply(self.push, chat_id, text, files)
-        return _ok(outcome.text)
+        return _error(outcome.text) if outcome.failed else _ok(outcome.text)
 
     async def _chat_messages(self, args: dict[str, Any]) -> types.CallToolResult:
         guid = _string(args, "chat_guid", required=False)

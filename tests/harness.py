@@ -57,6 +57,7 @@ class ServerProcess:
             "IMESSAGE_LOG_LEVEL": "DEBUG",
             "FAKE_OSASCRIPT_LOG": str(self.osascript_log),
             "FAKE_OSASCRIPT_MODE": osascript_mode,
+            "FAKE_OSASCRIPT_DB": str(db),  # a successful send writes its row, as Messages does
             "PATH": f"{FAKES_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             **(env or {}),
         }

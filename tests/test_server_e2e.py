@@ -277,15 +277,22 @@ def test_reply_is_chunked_by_text_chunk_limit(tmp_path: Path) -> None:
         w.server.stop()
 
 
-def test_our_own_replies_coming_back_as_rows_are_not_redelivered(world: World) -> None:
-    world.server.call_tool("reply", {"chat_id": world.me.guid, "text": "Done: 3 files changed."})
-    # Messages writes our send back: the sent row, and in self-chat a received copy, here under
-    # the owner's phone-number alias (another chat GUID).
-    world.sim.send(world.me, "Done: 3 files changed.\nSent by Claude")
-    by_phone = world.sim.dm(OWNER_PHONE)
-    world.sim.receive(by_phone, OWNER_PHONE, "Done: 3 files changed.\nSent by Claude")
-    world.sentinel()
-    assert world.contents() == ["sentinel 1"]
+def test_our_own_replies_coming_back_as_rows_are_not_redelivered(tmp_path: Path) -> None:
+    # Messages (the fake osascript) writes our send back: the sent row, and in self-chat a received copy, here
+    # under the owner's phone-number alias (another chat GUID).
+    alias = f"iMessage;-;{OWNER_PHONE}"
+    world = World(tmp_path, env={"FAKE_OSASCRIPT_COPY_CHAT": alias, "FAKE_OSASCRIPT_OWNER_PHONE": OWNER_PHONE})
+    try:
+        world.sim.dm(OWNER_PHONE)
+        result = world.server.call_tool("reply", {"chat_id": world.me.guid, "text": "Done: 3 files changed."})
+        assert result["content"][0]["text"] == "sent"  # its row is in chat.db, without an error
+        world.sentinel()
+        assert world.contents() == ["sentinel 1"]
+        texts = world.sim.conn.execute("SELECT COUNT(*) FROM message WHERE ROWID > 1").fetchone()[0]
+        assert texts >= 3  # the sent row, the received copy, the sentinel
+    finally:
+        world.server.stop()
+        world.sim.close()
 
 
 def test_reply_refuses_chats_outside_the_allowlist(world: World) -> None:

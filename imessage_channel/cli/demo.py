@@ -32,7 +32,6 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from pydantic import BaseModel
 
 from ..devtools.simulator import MessagesSimulator
-from ..sender import DEFAULT_SIGNATURE
 from ..server import LISTEN_GRACE_S
 from ..settings import child_environment
 
@@ -41,11 +40,15 @@ OWNER_PHONE = "+15555550100"
 DEMO_TEXT = "Hi Claude! What's on my list for Saturday?"
 REPLY_TEXT = "Saturday: 10am at the park with friend@example.com. Don't forget the oat milk."
 STAND_IN = """#!{python}
-# Recording stand-in for osascript (imessage-channel demo): records argv and the script, sends nothing.
+# Stand-in for osascript (imessage-channel demo): records argv and the script, sends nothing, and writes into the
+# demo's chat.db what Messages writes after a send to self-chat: the sent row and the received copy.
 import json, os, sys
+from imessage_channel.devtools.simulator import MessagesSimulator
 record = {{"argv": sys.argv[1:], "script": sys.stdin.read()}}
 with open(os.environ["IMESSAGE_DEMO_RECORD"], "a", encoding="utf-8") as fh:
     fh.write(json.dumps(record) + "\\n")
+with MessagesSimulator(os.environ["IMESSAGE_DB_PATH"], owner="{owner}", owner_phone="{phone}") as sim:
+    sim.text_self(sys.argv[-2], sim.chat_ref(sys.argv[-1]), typed_on="phone")
 """
 
 
@@ -74,7 +77,7 @@ def _server_env(work: Path, db: Path, record: Path) -> dict[str, str]:
     bin_dir = work / "bin"
     bin_dir.mkdir()
     stand_in = bin_dir / "osascript"
-    stand_in.write_text(STAND_IN.format(python=sys.executable), encoding="utf-8")
+    stand_in.write_text(STAND_IN.format(python=sys.executable, owner=OWNER, phone=OWNER_PHONE), encoding="utf-8")
     stand_in.chmod(0o755)
     return child_environment(
         {
@@ -143,10 +146,9 @@ class _Demo:
         result = await session.call_tool("reply", {"chat_id": chat_id, "text": REPLY_TEXT})
         text = " ".join(getattr(c, "text", "") for c in result.content)
         self.say(f"   tool result: {text}{' (error)' if result.is_error else ''}")
-        # On a Mac, Messages writes the sent reply back into chat.db (in self-chat as a sent and a
-        # received copy). Simulate that: the echo filter must keep it from coming back to Claude.
-        with MessagesSimulator(self.db, owner=OWNER, owner_phone=OWNER_PHONE) as sim:
-            sim.text_self(REPLY_TEXT + DEFAULT_SIGNATURE)
+        # On a Mac, Messages writes the sent reply back into chat.db (in self-chat as a sent and a received
+        # copy); the stand-in did, and the tool's "sent" came from finding that row. The echo filter must keep
+        # it from coming back to Claude.
         await anyio.sleep(0.5)  # long enough for a wrongly delivered echo to arrive (it takes ~5 ms)
         extra = len(self.events) - 1
         verdict = "dropped as our own echo ✓" if extra == 0 else f"{extra} re-delivered ✗"

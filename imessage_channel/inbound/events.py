@@ -27,8 +27,9 @@ from datetime import datetime
 from ..appletime import from_apple
 from ..chatdb import Attachment, ChatDB, Kind, Message
 from ..clock import Clock
+from ..contacts import meta_name
 from ..media import Inbox, Prepared, prepare
-from ..render import attachment_label, first_words, quote_of, reaction_phrase, whose_message
+from ..render import Names, attachment_label, first_words, quote_of, reaction_phrase, whose_message
 from .actions import Deliver, iso_utc
 
 FILE_KINDS = frozenset({Kind.TEXT, Kind.REPLY, Kind.EDIT})
@@ -66,9 +67,13 @@ class Events:
     db: ChatDB
     clock: Clock
     inbox: Inbox | None = None
+    names: Names | None = None
+    """The sender's contact name (`contacts.Contacts.name_for`), for `user_name`; None: no names."""
 
     def base_meta(self, msg: Message, self_chat: bool) -> dict[str, str]:
-        """`chat_id`, `message_id`, `user`, `ts`, and `self_chat` when it is one (the official plugin's meta)."""
+        """`chat_id`, `message_id`, `user`, `ts` (the official plugin's meta), `self_chat` when it is one, and
+        `user_name` when the sender is a contact (the owner's data, yet flattened and capped like any value:
+        `contacts.meta_name`)."""
         assert msg.chat_guid is not None
         meta = {
             "chat_id": msg.chat_guid,
@@ -78,6 +83,10 @@ class Events:
         }
         if self_chat:
             meta["self_chat"] = "true"
+        if not msg.is_from_me and msg.handle and self.names is not None:
+            name = meta_name(self.names(msg.handle) or "")
+            if name:
+                meta["user_name"] = name
         return meta
 
     def message(self, msg: Message, self_chat: bool, missing: int) -> tuple[Deliver, list[Attachment]]:

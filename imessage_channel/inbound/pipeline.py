@@ -38,6 +38,7 @@ from ..gate import Inbound, decide
 from ..handles import normalize_handle
 from ..media import Inbox
 from ..reasons import Reason, Verdict
+from ..render import Names
 from ..settings import CATCHUP_HOURS
 from .actions import Action, Deliver, RowDecision, Send
 from .cursor import Cursor
@@ -130,7 +131,8 @@ class InboundPipeline:
     `dry_run`: decide only, never write access.json (pairing) nor watch follow-ups — for `imessage-channel
     watch`; `ledger`: the persisted seen-set (see `delivery`); `catchup_window`: rows older than this are not
     delivered; `inbox`: where images are converted for Claude (None: files are delivered as they are);
-    `clock`: the one clock (ages and event times from `now()`, grace periods and waits from `monotonic()`).
+    `names`: contact names for `user_name` (None: none); `clock`: the one clock (ages and event times from
+    `now()`, grace periods and waits from `monotonic()`).
     """
 
     db: ChatDB
@@ -144,6 +146,7 @@ class InboundPipeline:
     ledger: DeliveryLedger | None = None
     catchup_window: timedelta = timedelta(hours=CATCHUP_HOURS)
     inbox: Inbox | None = None
+    names: Names | None = None
     clock: Clock = SYSTEM
     answered_in: str | None = None
     """The self-chat GUID of the last permission verdict (where the owner answers prompts)."""
@@ -153,7 +156,7 @@ class InboundPipeline:
         self.twins = Twins()
         self.duplicates = Duplicates()
         self.holds = Holds(self.clock)
-        self.events = Events(self.db, self.clock, self.inbox)
+        self.events = Events(self.db, self.clock, self.inbox, self.names)
         self.followups = FollowUps(self.db, self.events, self.clock, dry_run=self.dry_run)
         self._self: dict[str, bool] = {}
         self._generation: int | None = None
@@ -234,7 +237,7 @@ class InboundPipeline:
             return Verdict.DROP, reason, []
         assert msg.chat_guid is not None
         self_chat = self.is_self_chat(msg.chat_guid) and self.from_owner(msg)
-        if msg.text and self.echo.is_echo(msg.chat_guid, msg.text, self_chat=self_chat):
+        if self._is_echo(msg, self_chat):
             return Verdict.DROP, Reason.ECHO, []
         if self_chat and msg.kind not in (Kind.TAPBACK, Kind.TAPBACK_REMOVAL):
             if self.twins.is_twin(msg, msg.date or self.clock.now()):
@@ -244,6 +247,14 @@ class InboundPipeline:
                 self.answered_in = msg.chat_guid
                 return Verdict.VERDICT, Reason.PERMISSION_REPLY, answer
         return self._gate(msg, self_chat)
+
+    def _is_echo(self, msg: Message, self_chat: bool) -> bool:
+        """Is `msg` our own send coming back: a text part, or a file sent without text (by its name)?"""
+        assert msg.chat_guid is not None
+        if msg.text:
+            return self.echo.is_echo(msg.chat_guid, msg.text, self_chat=self_chat)
+        names = [a.name for a in msg.attachments]
+        return bool(names) and self.echo.is_file_echo(msg.chat_guid, names, self_chat=self_chat)
 
     def _not_a_message(self, msg: Message) -> Reason | None:
         """Why `msg` is no message to deliver at all (no chat, undecodable, unsafe ids, a notice), or None."""

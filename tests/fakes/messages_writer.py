@@ -92,8 +92,14 @@ def _write(sim: MessagesSimulator, mode: str, argv: Sequence[str], script: str, 
         row = sim.send_result(
             chat, text, attachments=files, error=error if failing else 0, sent=not failing, delivered=not failing
         )
-        if self_chat and not failing:
-            sim.receive(chat, chat.members[0], text, attachments=files)
+        if self_chat and not failing:  # the received copy, under another of the owner's aliases if told so
+            copy = (
+                sim.chat_ref(os.environ["FAKE_OSASCRIPT_COPY_CHAT"])
+                if os.environ.get("FAKE_OSASCRIPT_COPY_CHAT")
+                else None
+            )
+            copy = copy or chat
+            sim.receive(copy, copy.members[0], text, attachments=files)
     with open(log_path + ".rows", "a", encoding="utf-8") as fh:
         fh.write(json.dumps({"call": call, "rowid": row.rowid, "guid": row.guid}) + "\n")
     if mode == "write-fail-later":
