@@ -300,6 +300,10 @@ def _fetch(conn: sqlite3.Connection, sql: str) -> list[tuple]:
         conn.text_factory = str
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _text(value: object) -> str:
     """A column value as stripped text with its white space collapsed ("" for NULL)."""
     if value is None:
@@ -577,12 +581,25 @@ class Contacts:
         index = self._index
         contacts = len(index.cards) if index else 0
         handles = index.handle_count if index else 0
+        stores = len(self._stores)
         line = (
-            f"{contacts} contacts with {handles} handles from {len(self._stores)} Contacts stores in {self.directory}"
+            f"{_count(contacts, 'contact')} with {_count(handles, 'handle')} from "
+            f"{_count(stores, 'Contacts store')} in {self.directory}"
         )
         if self._told:
             line += f" (problems: {'; '.join(self._told.values())})"
         return line
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """Why some or all names are missing, as of the last check: one sentence per store or folder (empty when
+        every store was read, or lookups are off)."""
+        return tuple(self._told.values())
+
+    @property
+    def contact_count(self) -> int:
+        """How many named contacts the index holds (0 before the first load)."""
+        return len(self._index.cards) if self._index is not None else 0
 
     # -- change detection ------------------------------------------------------------------------------
     def refresh(self, force: bool = False) -> bool:

@@ -32,44 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fixtures.addressbook_builder import Card, create_addressbook_dir, fake_uuid
+from fixtures.addressbook_builder import Card, large_addressbook
 from imessage_channel.contacts import Contacts
 from imessage_channel.handles import parse_handle
-
-FIRST = ("Jane", "John", "Kate", "Anna", "Luis", "Mei", "Omar", "Sara", "Yuki", "Zoe", "Ivan", "Nia", "Raj", "Eva")
-LAST = ("Appleseed", "Bell", "Haro", "Smith", "Garcia", "Chen", "Okafor", "Müller", "Rossi", "Kim", "Silva", "Novak")
-
-
-def _number(rng: random.Random) -> str:
-    """A phone number as a person might have typed it (mostly US, some UK and German)."""
-    area, exchange, line = rng.randint(201, 989), rng.randint(200, 999), rng.randint(0, 9999)
-    style = rng.randrange(7)
-    if style == 0:
-        return f"({area}) {exchange}-{line:04d}"
-    if style == 1:
-        return f"+1 {area} {exchange} {line:04d}"
-    if style == 2:
-        return f"{area}.{exchange}.{line:04d}"
-    if style == 3:
-        return f"{area}{exchange}{line:04d}"
-    if style == 4:
-        return f"1-{area}-{exchange}-{line:04d}"
-    if style == 5:
-        return f"+44 20 7946 {line:04d}"
-    return f"+49 30 {exchange}{line:04d}"
-
-
-def build(root: Path, count: int, seed: int = 7) -> list[Card]:
-    """Write the AddressBook folder at `root` and return the contacts written."""
-    rng = random.Random(seed)
-    cards = []
-    for i in range(count):
-        first, last = rng.choice(FIRST), f"{rng.choice(LAST)}{i}"
-        phones = [_number(rng) for _ in range(rng.randint(1, 4))]
-        emails = [f"{first}.{last}{k}@example{rng.randint(1, 9)}.test" for k in range(rng.randint(0, 3))]
-        cards.append(Card(first, last, phones=phones, emails=emails))
-    create_addressbook_dir(root, main=[], sources={fake_uuid(1): cards})
-    return cards
 
 
 def handles_of(cards: list[Card], count: int, seed: int = 11) -> list[str]:
@@ -126,7 +91,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.dir or Path(tmp) / "AddressBook"
         t0 = time.perf_counter()
-        cards = build(root, args.contacts)
+        cards = large_addressbook(root, args.contacts)
         built = time.perf_counter() - t0
         phones = sum(len(c.phones) for c in cards)
         emails = sum(len(c.emails) for c in cards)

@@ -29,10 +29,13 @@ self-chat); `--db` copies yours. Linux only for the process figures (`/proc`); t
 `--chart PNG` draws the latency distribution (empirical CDF on a log time axis, every sample of every
 run, ours vs the poller) with matplotlib, from this run or, with `--from A.json B.json …`, from the
 `--json` files of earlier runs (one curve per target and database) without measuring anything.
+`--contacts N` gives the server an AddressBook of N contacts that names every sender (`use_contacts`; the
+default 0 turns lookups off): run it with 0 and 5000 to see what contact names cost a delivery.
 matplotlib is in the optional `bench` dependency group: `uv sync --group bench`.
 
 Usage (from the repo root): `uv run python scripts/bench_latency.py [--db /tmp/big/chat.db] [--baseline]
-[--runs 3] [--messages 200] [--burst 10000] [--idle 60] [--json out.json] [--chart docs/latency.png]`.
+[--runs 3] [--messages 200] [--burst 10000] [--idle 60] [--contacts 5000] [--json out.json]
+[--chart docs/latency.png]`.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fixtures.addressbook_builder import Card, large_addressbook
 from fixtures.chatdb_builder import create_chatdb
 from imessage_channel.devtools.simulator import ChatRef, MessagesSimulator
 
@@ -226,6 +230,21 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def use_contacts(work: Path, count: int) -> str:
+    """Set the Contacts the servers spawned from now on read: `count` 0 turns lookups off
+    (`IMESSAGE_CONTACTS=off`, the channel as it was before names); otherwise a fresh AddressBook folder under
+    `work` with `count` random contacts plus a card for the owner, so every self-chat event's lookup finds a
+    name (the costlier path). Returns a label for the report."""
+    if count == 0:
+        os.environ["IMESSAGE_CONTACTS"] = "off"
+        return "contacts off"
+    root = work / "AddressBook"
+    large_addressbook(root, count, extra=[Card("Owen", "Owner", emails=[OWNER])])
+    os.environ["IMESSAGE_CONTACTS"] = "on"
+    os.environ["IMESSAGE_ADDRESSBOOK_DIR"] = str(root)
+    return f"{count} contacts"
 
 
 def spawn_server(db: Path, work: Path, stderr: IO[bytes], state: Path | None = None) -> Target:
@@ -572,6 +591,9 @@ def main() -> int:
     parser.add_argument(
         "--from", dest="sources", type=Path, nargs="+", help="with --chart: draw from these --json files"
     )
+    parser.add_argument(
+        "--contacts", type=int, default=0, help="contacts in the AddressBook the server reads (0: lookups off)"
+    )
     parser.add_argument("--poller", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.poller:
@@ -592,7 +614,7 @@ def main() -> int:
         work = Path(tmp)
         t0 = time.perf_counter()
         db = prepare_db(args.db, work)
-        label = db_label(args.db)
+        label = f"{db_label(args.db)}, {use_contacts(work, args.contacts)}"
         print(f"database: {args.db or 'fresh sequoia fixture'} → {db} (prepared in {time.perf_counter() - t0:.1f} s)")
         for i in range(args.runs):
             run: dict[str, dict[str, Any]] = {}

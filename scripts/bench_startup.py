@@ -24,7 +24,8 @@ Figures are medians over runs. The OS page cache is warm (the copy was just writ
 (`/proc`).
 
 Usage (from the repo root): `uv run python scripts/bench_startup.py [--db /tmp/big/chat.db] [--runs 3]
-[--calls 10] [--allow 20] [--json out.json]`.
+[--calls 10] [--allow 20] [--contacts 5000] [--json out.json]`. `--contacts N`: the server reads an AddressBook
+of N contacts (default 0: lookups off), to compare start-up with and without names.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_owner
-from bench_latency import OWNER, Target, peak_rss_mib, prepare_db, spawn_server, write_one
+from bench_latency import OWNER, Target, peak_rss_mib, prepare_db, spawn_server, use_contacts, write_one
 
 from imessage_channel.devtools.simulator import MessagesSimulator
 
@@ -153,6 +154,9 @@ def main() -> int:
     parser.add_argument("--allow", type=int, default=20, help="DM contacts to allowlist")
     parser.add_argument("--seed", type=int, default=1, help="picks the allowlisted contacts")
     parser.add_argument("--json", type=Path, help="write the raw figures here")
+    parser.add_argument(
+        "--contacts", type=int, default=0, help="contacts in the AddressBook the server reads (0: lookups off)"
+    )
     args = parser.parse_args()
     if args.runs < 1 or args.calls < 1 or args.allow < 0:
         parser.error("--runs and --calls must be at least 1, --allow at least 0")
@@ -164,6 +168,7 @@ def main() -> int:
         db = prepare_db(args.db, work)
         size = db.stat().st_size / 2**20
         print(f"database: {args.db} → {db} ({size:.0f} MiB, copied in {time.perf_counter() - t0:.1f} s)")
+        print(f"Contacts: {use_contacts(work, args.contacts)}")
         contacts = pick_contacts(db, args.allow, args.seed)
         owner = owner_detection(db, args.runs * 5)
         runs = []

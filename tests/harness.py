@@ -204,9 +204,9 @@ class ServerProcess:
         with self._cond:
             return [json.loads(line) for line in self._raw]
 
-    def call_tool(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    def call_tool(self, name: str, arguments: dict[str, Any], timeout: float = 15) -> dict[str, Any]:
         """`tools/call`; returns the CallToolResult dict (`content`, `isError`)."""
-        response = self.request("tools/call", {"name": name, "arguments": arguments})
+        response = self.request("tools/call", {"name": name, "arguments": arguments}, timeout=timeout)
         assert "result" in response, response
         return response["result"]
 

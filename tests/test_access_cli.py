@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from freezegun import freeze_time
 
+from fixtures.addressbook_builder import Card, create_addressbook_dir
 from imessage_channel import access as access_mod
 from imessage_channel.access import PAIRED_CONFIRMATION, Access, AccessStore
 from imessage_channel.cli import main
@@ -39,7 +40,21 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in ("LC_ALL", "LC_TELEPHONE", "LC_CTYPE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LANG", "en_US.UTF-8")
+    # The owner's Contacts: a fixture folder (empty unless a test fills it), never the real one.
+    monkeypatch.setenv("IMESSAGE_ADDRESSBOOK_DIR", str(tmp_path / "AddressBook"))
+    monkeypatch.delenv("IMESSAGE_CONTACTS", raising=False)
     return folder
+
+
+JANE = Card("Jane", "Appleseed", phones=["(415) 555-0132"], emails=["Jane@Example.com"])
+KATE = Card("Kate", "Bell", phones=["+1 415 555 0199"])
+KATE_AT_WORK = Card("Kate", "Zakroff", organization="Acme", emails=["kate@acme.test"])
+
+
+@pytest.fixture
+def book(tmp_path: Path) -> Path:
+    """The owner's Contacts: Jane (a phone and an email), two Kates."""
+    return create_addressbook_dir(tmp_path / "AddressBook", main=[JANE, KATE, KATE_AT_WORK])
 
 
 def access_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -481,3 +496,97 @@ def test_the_cli_and_another_writer_at_the_same_time_lose_no_update(state, capsy
     capsys.readouterr()
     allowed = set(stored(state)["allowFrom"])
     assert allowed == {f"cli{i}@example.com" for i in range(n)} | {f"worker{i}@example.com" for i in range(n)}
+
+
+# --- names from Contacts ------------------------------------------------------------------------------
+
+
+def test_allow_by_name_allows_every_handle_of_that_contact_and_says_which(state, capsys, book):
+    code, out, _ = access_cli(capsys, "allow", "Jane Appleseed")
+    assert code == 0
+    assert out.strip() == "Allowed Jane Appleseed: +14155550132, jane@example.com."
+    assert stored(state)["allowFrom"] == ["+14155550132", "jane@example.com"]
+
+
+def test_allow_by_name_is_case_and_space_blind_and_says_what_was_already_allowed(state, capsys, book):
+    access_cli(capsys, "allow", "+1 415 555 0132")
+    code, out, _ = access_cli(capsys, "allow", "  jane   APPLESEED ")
+    assert code == 0
+    assert out.strip() == "Allowed Jane Appleseed: jane@example.com (+14155550132 already was)."
+    code, out, _ = access_cli(capsys, "allow", "Appleseed Jane")
+    assert (code, out.strip()) == (0, "Jane Appleseed is already allowed: +14155550132, jane@example.com.")
+    assert stored(state)["allowFrom"] == ["+14155550132", "jane@example.com"]
+
+
+def test_an_ambiguous_name_is_refused_with_the_candidates_and_nothing_is_written(state, capsys, book):
+    code, out, err = access_cli(capsys, "allow", "Kate")
+    assert code == 2 and out == ""
+    assert "matches 2 contacts" in err
+    assert "Kate Bell (+14155550199)" in err and "Kate Zakroff (kate@acme.test)" in err
+    assert not (state / "access.json").exists()
+
+
+def test_an_unknown_name_is_refused_with_close_matches(state, capsys, book):
+    code, _, err = access_cli(capsys, "allow", "Jane Doe")
+    assert code == 2
+    assert "No contact named 'Jane Doe' with a phone number or email in your Contacts" in err
+    code, _, err = access_cli(capsys, "allow", "Apple")
+    assert code == 2 and "Close matches: Jane Appleseed (+14155550132, jane@example.com)" in err
+    assert not (state / "access.json").exists()
+
+
+def test_names_need_contacts(state, capsys, book, monkeypatch):
+    monkeypatch.setenv("IMESSAGE_CONTACTS", "off")
+    code, _, err = access_cli(capsys, "allow", "Jane Appleseed")
+    assert code == 2 and "is not a handle" in err and "IMESSAGE_CONTACTS=off" in err
+
+
+def test_without_a_contacts_store_a_name_is_refused_saying_why(state, capsys):
+    code, _, err = access_cli(capsys, "allow", "Jane Appleseed")
+    assert code == 2 and "is not a handle" in err
+    assert "Cannot read your Contacts" in err and "Full Disk Access" in err
+
+
+def test_remove_by_name_removes_all_of_that_contacts_handles(state, capsys, book):
+    seed(state, allowFrom=["+14155550132", "jane@example.com", "+14155550199"])
+    code, out, _ = access_cli(capsys, "remove", "jane appleseed")
+    assert (code, out.strip()) == (0, "Removed Jane Appleseed from the allowlist: +14155550132, jane@example.com.")
+    assert stored(state)["allowFrom"] == ["+14155550199"]
+    code, out, _ = access_cli(capsys, "remove", "Jane Appleseed")
+    assert code == 0 and "was not in the allowlist; nothing changed" in out
+
+
+def test_the_status_shows_names_beside_handles(state, capsys, book):
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    seed(
+        state,
+        allowFrom=["+14155550132", "+15550001111"],
+        pending={
+            "abc123": {
+                "senderId": "+14155550199",
+                "chatId": "iMessage;-;+14155550199",
+                "createdAt": now_ms,
+                "expiresAt": now_ms + 3_600_000,
+                "replies": 1,
+            }
+        },
+        groups={GROUP: {"requireMention": False, "allowFrom": ["kate@acme.test"]}},
+    )
+    code, out, _ = access_cli(capsys, "--json")
+    assert code == 0
+    assert json.loads(out)["names"] == {
+        "+14155550132": "Jane Appleseed",
+        "+14155550199": "Kate Bell",
+        "kate@acme.test": "Kate Zakroff",
+    }
+    code, out, _ = access_cli(capsys)
+    assert "Allowed (2): Jane Appleseed (+14155550132), +15550001111" in out
+    assert "abc123  Kate Bell (+14155550199)  asked just now, expires in " in out
+    assert "from Kate Zakroff (kate@acme.test)" in out
+
+
+def test_json_of_an_allow_by_name(state, capsys, book):
+    code, out, _ = access_cli(capsys, "allow", "Jane Appleseed", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["changed"] is True
+    assert (result["contact"], result["added"]) == ("Jane Appleseed", ["+14155550132", "jane@example.com"])

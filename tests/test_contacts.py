@@ -169,7 +169,7 @@ def test_groups_and_cards_without_handles_name_nothing(tmp_path):
     )
     book = Contacts(path.parent, region="US")
     assert book.name_for("72727") == "Kate"
-    assert "1 contacts with 1 handles from 1 Contacts stores" in book.describe()
+    assert "1 contact with 1 handle from 1 Contacts store" in book.describe()
 
 
 def test_main_store_and_sources_are_merged_main_first(tmp_path):

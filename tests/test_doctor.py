@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.addressbook_builder import Card, create_addressbook_dir, store_path
 from fixtures.chatdb_builder import create_chatdb
 from imessage_channel.chatdb import ChatDB
 from imessage_channel.cli import doctor, main
 from imessage_channel.cli.doctor import Status
+from imessage_channel.contacts import Contacts
 
 FAKES_BIN = Path(__file__).resolve().parent / "fakes" / "bin"
 OWNER = "owner@example.com"
@@ -37,7 +39,10 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     monkeypatch.setenv("PATH", f"{FAKES_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     for name in ("IMESSAGE_DB_PATH", "IMESSAGE_ACCESS_MODE", "IMESSAGE_ALLOW_SMS", "FAKE_OSASCRIPT_MODE"):
         monkeypatch.delenv(name, raising=False)
-    return {"state": state, "log": log}
+    book = create_addressbook_dir(tmp_path / "AddressBook", main=[Card("Jane", "Appleseed", emails=[FRIEND])])
+    monkeypatch.setenv("IMESSAGE_ADDRESSBOOK_DIR", str(book))
+    monkeypatch.delenv("IMESSAGE_CONTACTS", raising=False)
+    return {"state": state, "log": log, "book": book}
 
 
 @pytest.fixture
@@ -71,7 +76,8 @@ def test_a_good_setup_passes_every_check_and_exits_0(env, good_db, capsys):
     lines = out.splitlines()
     assert code == 0, out
     assert lines[-1] == "All checks passed."
-    assert [line[0] for line in lines[:-1]] == ["✓"] * 5 + ["–"] + ["✓"] * 3
+    assert [line[0] for line in lines[:-1]] == ["✓"] * 5 + ["–"] + ["✓"] * 4
+    assert f"✓ contact names: 1 contact with 1 handle from 1 Contacts store in {env['book']}" in out
     assert f"✓ self-chat exists: iMessage;-;{OWNER}" in lines
     assert "✓ schema recognised: macOS 14 Sonoma (85 message columns)" in lines
     assert lines[-2].startswith("✓ Claude Code sees a channel: initialize answered in ")
@@ -281,6 +287,24 @@ def test_a_corrupt_access_file_fails_and_is_left_where_it_is(tmp_path):
     assert check.status is Status.FAIL and "not valid" in check.detail
     assert (tmp_path / "access.json").read_text(encoding="utf-8") == '{"dmPolicy": '
     assert [p.name for p in tmp_path.iterdir()] == ["access.json"]
+
+
+# --- contact names ---------------------------------------------------------------------------------------
+
+
+def test_contact_names_are_optional_so_no_folder_or_off_is_skipped(tmp_path):
+    missing = doctor.check_contacts(Contacts(tmp_path / "AddressBook"))
+    assert missing.status is Status.SKIP and "no Contacts folder" in missing.detail
+    off = doctor.check_contacts(Contacts(tmp_path, enabled=False))
+    assert off.status is Status.SKIP and "IMESSAGE_CONTACTS=off" in off.detail
+
+
+def test_a_contacts_store_that_cannot_be_read_fails_with_the_fix(tmp_path):
+    book = create_addressbook_dir(tmp_path / "AddressBook", main=[Card("Jane", "Appleseed", emails=["j@x.test"])])
+    store_path(book).write_bytes(b"not a database at all, just text" * 64)
+    check = doctor.check_contacts(Contacts(book))
+    assert check.status is Status.FAIL
+    assert "problems:" in check.detail and "Full Disk Access" in check.fix
 
 
 # --- the channel self-check against impostors ---------------------------------------------------------

@@ -10,6 +10,7 @@ official `/imessage:access` skill (anthropics/claude-plugins-official,
 | `pair <code>`                                    | allow the code's sender, drop the code, write `approved/<sender>` |
 | `deny <code>`                                    | drop the pending code                                   |
 | `allow <handle>` / `remove <handle>`             | add to / remove from `allowFrom`                        |
+| `allow "<name>"` / `remove "<name>"`             | the same for every handle of that contact (this server's own) |
 | `policy pairing\\|allowlist\\|disabled`            | set `dmPolicy`                                          |
 | `group add <guid> [--no-mention] [--allow a,b]`  | opt a group chat in                                     |
 | `group rm <guid>`                                | opt it out                                              |
@@ -23,6 +24,11 @@ without a country code, see `owner_region`; emails lowercased), the same check t
 access.json when it loads it (entries that fail it are ignored there, listed by `status`). Values are checked before
 anything is written; a bad one raises `AccessCLIError`, which `run` prints as one paragraph on stderr
 with exit status 2. `--json` prints machine-readable results on stdout.
+
+Names come from the owner's Contacts (`contacts.Contacts`, read-only; `IMESSAGE_CONTACTS=off` turns them off):
+the status shows a name beside each handle it knows, and `allow`/`remove` take a contact's name where a handle
+does not parse, acting on all of that contact's handles. An ambiguous or unknown name is refused, with the
+candidates, and nothing is written.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ from ..access import (
 )
 from ..chatdb import ChatDB, ChatDBError
 from ..clock import SYSTEM
+from ..contacts import Contact, ContactLookupError, Contacts, ContactsUnavailable, meta_name
 from ..handles import ChatGuid, HandleError, PhoneRegion, Region, pick_region
 from ..patterns import pattern_error
 from ..settings import Settings
@@ -245,21 +252,36 @@ def _pending_json(code: str, p: Pending, now_ms: int) -> dict[str, Any]:
     }
 
 
-def _group_line(guid: str, group: GroupPolicy) -> str:
+Names = Callable[[str], "str | None"]
+"""handle → the contact's name, or None (`Contacts.name_for`)."""
+
+
+def _no_names(handle: str) -> str | None:
+    return None
+
+
+def _named(handle: str, names: Names) -> str:
+    """`Jane Appleseed (+14155550132)`, as `chat_messages` shows senders, or the handle alone when no contact has
+    it. The name is made terminal-safe (`meta_name`)."""
+    name = names(handle)
+    return f"{meta_name(name)} ({handle})" if name else handle
+
+
+def _group_line(guid: str, group: GroupPolicy, names: Names) -> str:
     mention = "mention required" if group.require_mention else "every message"
-    who = ", ".join(group.allow_from) if group.allow_from else "any member"
+    who = ", ".join(_named(h, names) for h in group.allow_from) if group.allow_from else "any member"
     return f"  {guid}  ({mention}; from {who})"
 
 
-def status_text(access: Access, path: str, now: datetime) -> str:
+def status_text(access: Access, path: str, now: datetime, names: Names = _no_names) -> str:
     """The human status block: policy and its meaning, allowlist, pending codes with age, groups,
-    delivery settings (defaults marked)."""
+    delivery settings (defaults marked). `names` puts a contact's name beside each handle it knows."""
     now_ms = _ms(now)
     lines = [
         f"access.json: {path}",
         f"DM policy: {access.dm_policy.value} — {POLICY_MEANING[access.dm_policy]}",
         f"Allowed ({len(access.allow_from)}): "
-        + (", ".join(access.allow_from) or "nobody yet (self-chat always works)"),
+        + (", ".join(_named(h, names) for h in access.allow_from) or "nobody yet (self-chat always works)"),
     ]
     if access.problems:
         fix = "fix them in the file, or remove them with `imessage-channel access remove '<entry>'`"
@@ -269,9 +291,11 @@ def status_text(access: Access, path: str, now: datetime) -> str:
     for code, p in sorted(access.pending.items(), key=lambda kv: kv[1].created_at):
         info = _pending_json(code, p, now_ms)
         when = "expired" if info["expired"] else f"expires in {format_duration(info['expiresInSeconds'])}"
-        lines.append(f"  {code}  {p.sender_id}  asked {format_duration(info['ageSeconds'])} ago, {when}")
+        who = _named(p.sender_id, names)
+        age = format_duration(info["ageSeconds"])
+        lines.append(f"  {code}  {who}  asked {age if age == 'just now' else age + ' ago'}, {when}")
     lines.append(f"Groups ({len(access.groups)})" + (":" if access.groups else ""))
-    lines += [_group_line(guid, g) for guid, g in access.groups.items()]
+    lines += [_group_line(guid, g, names) for guid, g in access.groups.items()]
     patterns = access.mention_patterns
     lines.append(
         "Mention patterns: " + (", ".join(patterns) if patterns else "none (groups that need a mention stay silent)")
@@ -368,24 +392,90 @@ def cmd_deny(store: AccessStore, code: str) -> _Result:
     return _Result(f"Denied pairing {code.strip().lower()} from {sender}.", after, changed=True, senderId=sender)
 
 
-def cmd_allow(store: AccessStore, handle: str) -> _Result:
-    """`allow <handle>`: add the normalised handle to `allowFrom` (deduplicated)."""
-    h = parse_handle(handle, store.region)
+_NOT_IN_NAMES = frozenset("@;:/\\<>")
+
+
+def _looks_like_name(value: str) -> bool:
+    """True for text that may be a contact's name: it has a letter and none of `@ ; : / \\ < >` (an email, a
+    chat GUID or a path gets the handle parser's own error)."""
+    text = value.strip()
+    return any(ch.isalpha() for ch in text) and not _NOT_IN_NAMES.intersection(text)
+
+
+def find_contact(contacts: Contacts | None, value: str, not_a_handle: AccessCLIError) -> Contact:
+    """The one contact `value` names (`Contacts.resolve`). Else `AccessCLIError` with the resolver's paragraph
+    (the candidates of an ambiguous name, close matches of an unknown one), or, when names cannot be looked up,
+    `not_a_handle` (why `value` is no handle) and why not."""
+    if contacts is None:
+        raise not_a_handle
+    try:
+        return contacts.resolve(value)
+    except ContactsUnavailable as exc:
+        raise AccessCLIError(f"{not_a_handle} A contact's name works too, but not here: {exc}") from None
+    except ContactLookupError as exc:
+        raise AccessCLIError(str(exc)) from None
+
+
+def cmd_allow(store: AccessStore, handle: str, contacts: Contacts | None = None) -> _Result:
+    """`allow <handle>`: add the normalised handle to `allowFrom` (deduplicated). `allow "<name>"`: the
+    same for every handle of the one contact with that name (`find_contact`)."""
+    try:
+        h = parse_handle(handle, store.region)
+    except AccessCLIError as exc:
+        if not _looks_like_name(handle):
+            raise
+        return _allow_contact(store, find_contact(contacts, handle, exc))
     before, after = _update(store, lambda a: access_mod.allow(a, h))
     if after is before:
         return _Result(f"{h} is already allowed.", after, changed=False, handle=h)
     return _Result(f"Allowed {h}.", after, changed=True, handle=h)
 
 
-def cmd_remove(store: AccessStore, handle: str) -> _Result:
+def _allow_contact(store: AccessStore, contact: Contact) -> _Result:
+    def step(a: Access) -> Access:
+        for h in contact.handles:
+            a = access_mod.allow(a, h)
+        return a
+
+    before, after = _update(store, step)
+    added = [h for h in contact.handles if not access_mod.is_allowed(before.allow_from, h)]
+    kept = [h for h in contact.handles if h not in added]
+    name = meta_name(contact.name)
+    extra = {"contact": contact.name, "handles": list(contact.handles), "added": added}
+    if not added:
+        return _Result(f"{name} is already allowed: {', '.join(kept)}.", after, changed=False, **extra)
+    also = f" ({', '.join(kept)} already was)" if kept else ""
+    return _Result(f"Allowed {name}: {', '.join(added)}{also}.", after, changed=True, **extra)
+
+
+def _remove_contact(store: AccessStore, contact: Contact) -> _Result:
+    def step(a: Access) -> Access:
+        for h in contact.handles:
+            if access_mod.is_allowed(a.allow_from, h):
+                a = access_mod.disallow(a, h)
+        return a
+
+    before, after = _update(store, step)
+    removed = [h for h in contact.handles if access_mod.is_allowed(before.allow_from, h)]
+    name = meta_name(contact.name)
+    extra = {"contact": contact.name, "handles": list(contact.handles), "removed": removed}
+    if not removed:
+        listed = ", ".join(contact.handles)
+        return _Result(f"{name} ({listed}) was not in the allowlist; nothing changed.", after, changed=False, **extra)
+    return _Result(f"Removed {name} from the allowlist: {', '.join(removed)}.", after, changed=True, **extra)
+
+
+def cmd_remove(store: AccessStore, handle: str, contacts: Contacts | None = None) -> _Result:
     """`remove <handle>`: remove every `allowFrom` entry equal to the handle (emails by case, phones
     by digits). An entry the file holds that is not a handle (ignored by the channel) is removed when
-    typed exactly as it is in the file."""
+    typed exactly as it is in the file; otherwise a name removes every handle of that contact."""
     try:
         h = parse_handle(handle, store.region)
-    except AccessCLIError:
+    except AccessCLIError as exc:
         raw = handle.strip()
         if raw not in store.load(strict=True).invalid:
+            if _looks_like_name(raw):
+                return _remove_contact(store, find_contact(contacts, raw, exc))
             raise
         _, after = _update(store, lambda a: replace(a, invalid=tuple(x for x in a.invalid if x != raw)))
         return _Result(f"Removed {raw!r} (not a handle) from the allowlist.", after, changed=True, handle=raw)
@@ -488,7 +578,7 @@ def cmd_set(store: AccessStore, key: str, value: str) -> _Result:
 # --- entry point --------------------------------------------------------------------------------
 
 
-def _dispatch(args: argparse.Namespace, store: AccessStore, now: datetime) -> _Result | None:
+def _dispatch(args: argparse.Namespace, store: AccessStore, now: datetime, contacts: Contacts) -> _Result | None:
     verb = getattr(args, "verb", None)
     if verb is None:
         return None
@@ -497,9 +587,9 @@ def _dispatch(args: argparse.Namespace, store: AccessStore, now: datetime) -> _R
     if verb == "deny":
         return cmd_deny(store, args.code)
     if verb == "allow":
-        return cmd_allow(store, args.handle)
+        return cmd_allow(store, args.handle, contacts)
     if verb == "remove":
-        return cmd_remove(store, args.handle)
+        return cmd_remove(store, args.handle, contacts)
     if verb == "policy":
         return cmd_policy(store, args.mode)
     if verb == "group" and args.group_verb == "add":
@@ -509,6 +599,13 @@ def _dispatch(args: argparse.Namespace, store: AccessStore, now: datetime) -> _R
     if verb == "set":
         return cmd_set(store, args.key, args.value)
     raise AccessCLIError(f"unknown access verb {verb!r}")
+
+
+def _names_json(access: Access, contacts: Contacts) -> dict[str, str]:
+    """handle → contact name, for every handle the status shows that a contact has."""
+    shown = [*access.allow_from, *(p.sender_id for p in access.pending.values())]
+    shown += [h for g in access.groups.values() for h in g.allow_from]
+    return {h: name for h in dict.fromkeys(shown) if (name := contacts.name_for(h))}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -525,9 +622,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     region = functools.cache(lambda: owner_region(settings).code)
     store = AccessStore(settings.state_dir, region=region, move_corrupt=False)
+    contacts = Contacts(settings.addressbook_dir, enabled=settings.contacts, region=region)
     now = _now()
     try:
-        result = _dispatch(args, store, now)
+        result = _dispatch(args, store, now, contacts)
         if result is None:
             access = store.load(strict=True)
             if as_json:
@@ -538,10 +636,11 @@ def run(args: argparse.Namespace) -> int:
                     "access": access.to_json(),
                     "pending": [_pending_json(c, p, now_ms) for c, p in access.pending.items()],
                     "ignored": list(access.problems),
+                    "names": _names_json(access, contacts),
                 }
                 print(json.dumps(out, indent=2, ensure_ascii=False))
             else:
-                print(status_text(access, str(store.path), now))
+                print(status_text(access, str(store.path), now, contacts.name_for))
             return 0
     except (AccessCLIError, PairingError) as exc:
         print(f"imessage-channel access: {exc}", file=sys.stderr)

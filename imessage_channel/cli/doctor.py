@@ -17,7 +17,9 @@ detail and, when it fails, the fix. In order:
    chat.db, sends `initialize` (protocol revision 2025-11-25, as Claude Code does), checks
    `capabilities.experimental` has `claude/channel` and `claude/channel/permission` and that stdout
    carries nothing but JSON-RPC, then closes stdin. It never sends `notifications/initialized`, so
-   that server delivers and sends nothing, and it runs on a throw-away state directory.
+   that server delivers and sends nothing, and it runs on a throw-away state directory;
+10. contact names: the Contacts stores read (`contacts.Contacts`); skipped when there is no Contacts folder or
+    `IMESSAGE_CONTACTS=off` (names are optional), failed when a store exists and cannot be read.
 
 `run` prints the list and returns 0 when nothing failed, else 1.
 """
@@ -49,6 +51,7 @@ from pathlib import Path
 from .. import statefile
 from ..access import ACCESS_FILE, APPROVED_DIR, Access, DmPolicy
 from ..chatdb import FULL_DISK_ACCESS_HELP, ChatDB, ChatDBError, self_chats
+from ..contacts import UNREADABLE_HELP, Contacts
 from ..delivery import LOG_FILE, STATE_FILE
 from ..handles import pick_region
 from ..outbox import OUTBOX_FILE
@@ -133,6 +136,7 @@ AUTOMATION = "Automation permission"
 STATE = "state directory"
 ACCESS = "access.json"
 CHANNEL = "Claude Code sees a channel"
+CONTACTS = "contact names"
 
 
 def check_chatdb(path: Path) -> tuple[Check, ChatDB | None]:
@@ -478,6 +482,23 @@ def _judge(reply: dict[str, object], elapsed: float) -> Check:
     return _pass(CHANNEL, f"initialize answered in {elapsed:.1f} s (protocol {version}), channel + permission relay")
 
 
+# --- Contacts ----------------------------------------------------------------------------------
+
+
+def check_contacts(contacts: Contacts) -> Check:
+    """Whether events will carry `user_name`: skipped when lookups are off or there is no Contacts folder
+    (names are optional), failed when a store exists but cannot be read (the fix names Full Disk Access)."""
+    if not contacts.enabled:
+        return _skip(CONTACTS, "off (IMESSAGE_CONTACTS=off): events name senders by handle only")
+    contacts.refresh(force=True)
+    problems = contacts.problems
+    if not problems:
+        return _pass(CONTACTS, contacts.describe())
+    if contacts.contact_count == 0 and not contacts.directory.exists():
+        return _skip(CONTACTS, f"no Contacts folder at {contacts.directory}: events name senders by handle only")
+    return _fail(CONTACTS, contacts.describe(), UNREADABLE_HELP)
+
+
 # --- running -----------------------------------------------------------------------------------
 
 
@@ -511,6 +532,7 @@ def run_checks(settings: Settings, *, send_test: bool = False, sender: Sender | 
         checks.append(_skip(AUTOMATION, "not checked; add --send-test to text yourself a test message"))
     checks.append(check_state_dir(state))
     checks.append(check_access(state, settings.allow_sms, region.code, settings.static_access))
+    checks.append(check_contacts(Contacts(settings.addressbook_dir, enabled=settings.contacts, region=region.code)))
     if db is None:
         checks.append(_skip(CHANNEL, "needs a readable chat.db"))
     else:
