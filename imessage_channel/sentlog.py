@@ -10,9 +10,10 @@ Format: one JSON object per line, `{"id": "<session id>:<n>", "t": <Unix seconds
 "self": true|false, "text": "<the text as sent>"}`. Appends hold `sent.lock` (`fcntl.flock`), so lines of
 any length never interleave; readers need no lock: they keep a partial last line until its newline
 arrives. The file is bounded: an append that finds it over `MAX_BYTES` rewrites it atomically with only the
-records of the last `2 × window` seconds (a new file: readers notice the new inode and read it from the
-start, skipping ids they already know). A reader starting fresh (a new reader after a crash) takes the
-records younger than `window` from the file, so a reply sent just before the handover is still known.
+records of the last `2 × window` seconds. Each generation of the file starts with a `#<nonce>` line; a
+reader that finds another nonce reads the new file from the start, skipping ids it already knows. A reader
+starting fresh (a new reader after a crash) takes the records younger than `window` from the file, so a
+reply sent just before the handover is still known.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import itertools
 import json
 import logging
 import os
+import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,12 @@ class SentText:
     session: str
     at: float
     """Unix seconds (`clock.wall()` of the sender)."""
+
+
+def _header() -> bytes:
+    """The first line of each generation of the file: `#` and a random nonce. Readers tell a rotated file
+    by it (an inode number can be reused by the next rotation's file)."""
+    return f"#{secrets.token_hex(8)}\n".encode()
 
 
 def _parse(line: bytes) -> tuple[str, SentText] | None:
@@ -92,7 +100,7 @@ class SentLog:
         self.window = window
         self.max_bytes = max_bytes
         self._counter = itertools.count(1)
-        self._ino: int | None = None
+        self._header = b""
         self._offset = 0
         self._partial = b""
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -116,7 +124,7 @@ class SentLog:
                 fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 try:
                     size = os.fstat(fd).st_size
-                    os.write(fd, line)
+                    os.write(fd, (_header() if size == 0 else b"") + line)
                 finally:
                     os.close(fd)
                 if size + len(line) > self.max_bytes:
@@ -134,16 +142,18 @@ class SentLog:
             parsed = _parse(line)
             if parsed is not None and parsed[1].at >= horizon:
                 keep.append(line + b"\n")
-        statefile.atomic_write(self.path, b"".join(keep))
+        statefile.atomic_write(self.path, _header() + b"".join(keep))
 
     def poll(self) -> list[SentText]:
         """Records appended by other sessions since the last poll (on the first poll: those younger than
         the window), oldest first. Never raises: an unreadable log is logged and read as empty."""
         try:
             with open(self.path, "rb") as fh:
-                st = os.fstat(fh.fileno())
-                if st.st_ino != self._ino or st.st_size < self._offset:
-                    self._ino, self._offset, self._partial = st.st_ino, 0, b""
+                header = fh.readline(64)
+                if not header.endswith(b"\n"):
+                    return []  # empty, or its first write is under way
+                if header != self._header:
+                    self._header, self._offset, self._partial = header, 0, b""
                 fh.seek(self._offset)
                 data = fh.read()
         except FileNotFoundError:

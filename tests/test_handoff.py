@@ -251,6 +251,24 @@ def test_a_reader_that_dies_before_writing_its_adopted_events_leaves_them_to_the
     assert set(cluster.delivered()[guids[0]]) == {"spare"}
 
 
+def test_a_reader_that_quits_cleanly_hands_its_routed_events_to_the_next(cluster):
+    rows = rows_of(cluster)
+    first = cluster.start("first")
+    assert cluster.reader() is first
+    held = cluster.start("held", hold=True, lease=False)
+    spare = cluster.start("spare")
+    guids = [rows.add(f"@held job {n}") for n in range(3)]
+    cluster.wait_until(lambda: len(held.received()) == 3)
+    first.quit()  # commits with the three still in flight: its watermark stays below them
+    assert cluster.reader([spare]).wait_line(lambda m: m.get("op") == "reader")["adopted"] == 3
+    held.command("go")
+    sentinel = rows.add("@spare sentinel")
+    cluster.wait_until(lambda: sentinel in cluster.delivered() and len(held.events()) == 3)
+    for node in (held, spare):
+        node.quit()
+    assert {g: len(by) for g, by in cluster.delivered().items()} == dict.fromkeys([*guids, sentinel], 1)
+
+
 # -- exactly once across handovers -----------------------------------------------------------------------
 def test_exactly_once_across_reader_handovers_and_target_deaths(cluster):
     rows = rows_of(cluster)

@@ -54,7 +54,7 @@ def test_a_partial_line_waits_for_its_end(tmp_path):
     record = json.dumps({"id": "aaaa0001:1", "t": clock.wall(), "chat": CHAT, "self": False, "text": "hi"}) + "\n"
     path = tmp_path / "sessions" / "sent.log"
     path.parent.mkdir(parents=True)
-    path.write_text(record[:20])
+    path.write_text("#00112233\n" + record[:20])
     assert reader.poll() == []
     with path.open("a") as fh:
         fh.write(record[20:] + "garbage\n")
@@ -74,7 +74,7 @@ def test_the_log_stays_bounded_and_a_follower_sees_each_send_once(tmp_path):
     seen += [s.text for s in follower.poll()]
     assert seen == [f"reply number {n}" for n in range(200)]  # across many rotations: none lost, none twice
     # Bounded by max_bytes plus the records of the last 2 × window (24 here), not by the 200 appended.
-    kept = (tmp_path / "sessions" / "sent.log").read_bytes().splitlines()
+    kept = (tmp_path / "sessions" / "sent.log").read_bytes().splitlines()[1:]
     assert len(kept) <= 2000 // 100 + 24
 
 
@@ -102,7 +102,7 @@ def test_concurrent_appends_from_processes_never_interleave(tmp_path):
     assert [p.wait() for p in procs] == [0] * 4
     seen += [s.text[: s.text.index(" x")] for s in follower.poll()]
     assert sorted(seen) == sorted(f"{sid} {n}" for sid in sids for n in range(150))
-    lines = (tmp_path / "sessions" / "sent.log").read_bytes().splitlines()
+    lines = (tmp_path / "sessions" / "sent.log").read_bytes().splitlines()[1:]  # after the header
     assert len(lines) == 600 and all(json.loads(line)["text"].endswith("x" * 3000) for line in lines)
 
 

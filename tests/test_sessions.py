@@ -428,3 +428,19 @@ def test_the_lease_passes_to_a_survivor_when_the_holder_is_killed(cluster):
     assert sum(n.is_reader() for n in nodes) == 3  # each took it exactly once, one after the other
     third.quit()
     assert not lease_mod.is_held(cluster.state)
+
+
+def test_a_lone_session_delivers_as_before_and_strips_its_own_name(cluster):
+    rows = cluster.table  # type: ignore[attr-defined]
+    only = cluster.start("proj")
+    cluster.reader([only])
+    rows.add("@proj run the tests")
+    rows.add("hello")
+    rows.add("@other hi")
+    cluster.wait_until(lambda: len(only.events()) == 3)
+    assert [(e["params"]["content"], e["params"]["meta"]) for e in only.events()] == [
+        ("run the tests", {"message_id": rows.guids[0], "chat_id": "iMessage;-;+15555550100"}),
+        ("hello", {"message_id": rows.guids[1], "chat_id": "iMessage;-;+15555550100"}),
+        ("@other hi", {"message_id": rows.guids[2], "chat_id": "iMessage;-;+15555550100"}),
+    ]
+    only.quit()
