@@ -94,6 +94,15 @@ CHANNEL = "notifications/claude/channel"
 PERMISSION = "notifications/claude/channel/permission"
 
 
+def _guarded(callback: Callable[..., None], *args: Any) -> None:
+    """Run an integrator's callback on one of our threads; an exception is logged, never raised (it must not
+    end a connection thread, nor the stdout writer that calls `Inbox.written`)."""
+    try:
+        callback(*args)
+    except Exception:
+        log.exception("handoff: callback %s failed", getattr(callback, "__name__", callback))
+
+
 class TargetGone(RuntimeError):
     """`Dispatcher.send` to a session known to be dead: route the event elsewhere."""
 
@@ -443,7 +452,7 @@ class Inbox:
             if conn is not None and not local:
                 self._out.put((conn, {"op": "ack", "id": event_id}))
         if local and self.on_local_written is not None:
-            self.on_local_written(event)
+            _guarded(self.on_local_written, event)
         return True
 
     def written_line(self, line: str) -> bool:
@@ -518,10 +527,7 @@ class Inbox:
                     self._out.put((self._current, {"op": "ack", "id": event.id}))
                 return
             self._pending[event.id] = event
-        try:
-            self.on_event(event)
-        except Exception:
-            log.exception("inbox: delivering event %s failed", event.id)
+        _guarded(self.on_event, event)
 
     def _send(self) -> None:
         while (item := self._out.get()) is not None:
@@ -741,7 +747,7 @@ class Dispatcher:
             if event.id in self._pending:
                 return
             if self.on_adopt is not None:
-                self.on_adopt(event)
+                _guarded(self.on_adopt, event)
             self._pending[event.id] = (event, sid)
 
     def _adopt(self, target: SessionInfo, events: list[RoutedEvent]) -> None:
@@ -755,7 +761,7 @@ class Dispatcher:
             entry = self._pending.get(event_id)
         if entry is None or entry[1] != sid:
             return
-        self.on_ack(entry[0])
+        _guarded(self.on_ack, entry[0])
         with self._lock:
             self._pending.pop(event_id, None)
 
@@ -800,7 +806,7 @@ class Dispatcher:
         state.ready.set()
         if orphans:
             log.info("session %s ended with %d undelivered event(s): routing them again", target.name, len(orphans))
-            self.on_orphaned(orphans, target)
+            _guarded(self.on_orphaned, orphans, target)
 
 
 class SeenGuard:
