@@ -32,15 +32,15 @@ import sqlite3
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from imessage_channel import routing
-from imessage_channel.delivery import DeliveryLedger
+from imessage_channel.delivery import DeliveryLedger, Snapshot
 from imessage_channel.handoff import (
     DeliveredLogs,
     Dispatcher,
@@ -189,7 +189,7 @@ class Node:
                     self._route_row(rowid, guid, chat, text)
                 self.wm = rowid
             if rows:
-                self.ledger.commit(self.wm, None, None, deque())  # type: ignore[union-attr]
+                self.ledger.commit(Snapshot(self.wm, None, datetime.now(UTC), ()))  # type: ignore[union-attr]
             self.wake.wait(POLL_S)
             self.wake.clear()
 
@@ -239,7 +239,7 @@ class Node:
             self.done.wait(5)
             self.dispatcher.close()  # type: ignore[union-attr]
             self.out.close()  # last lines written (and acknowledged / recorded)
-            self.ledger.commit(self.wm, None, None, deque())  # type: ignore[union-attr]
+            self.ledger.commit(Snapshot(self.wm, None, datetime.now(UTC), ()))  # type: ignore[union-attr]
             self.lease.release()  # only after the last write of the delivery state
         else:
             self.lease.stop_watching()

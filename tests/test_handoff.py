@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections import deque
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from imessage_channel.delivery import DeliveryLedger
+from imessage_channel.delivery import DeliveryLedger, Snapshot
 from imessage_channel.handoff import (
     SUN_PATH_MAX,
     DeliveredLog,
@@ -425,7 +425,7 @@ def test_ledger_fold_and_seen_guard(tmp_path):
     dispatcher._adopt_one(event(2), "bbbb0002")  # as adopted from another session at takeover
     assert guard.is_seen("GUID-1") and guard.is_seen("GUID-2") and not guard.is_seen("GUID-3")
     assert guard.safe_watermark(9) == 9  # everything else is the ledger's
-    ledger.commit(3, None, None, deque())
+    ledger.commit(Snapshot(3, None, datetime.now(UTC), ()))
     me.close()
 
 
