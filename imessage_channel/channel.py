@@ -9,7 +9,10 @@ Owns the life of one channel, apart from the MCP surface (`server`):
   the ledger committed after each batch; approvals answered; texts the pipeline asks for sent;
 - the outbox loop: queued reply parts retried when due, a reply given up reported as `kind="send_failed"`;
 - permission relay: a prompt texted to the self-chat the owner uses now;
-- Automation denied (-1743) on a send: said once as a `kind="status"` event with the fix.
+- Automation denied (-1743) on a send: said once as a `kind="status"` event with the fix;
+- many sessions (`multisession`): only the session holding the reader lease reads chat.db, routes each event
+  (`Router`) and pushes it here or hands it to the session it belongs to; every session writes the events
+  routed to it (`_received`), and a session that is not the reader takes over the moment the reader ends.
 
 Blocking work (chat.db, AppleScript, sips) runs in worker threads, never on the event loop.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import sys
 import threading
 from collections.abc import Callable
@@ -33,13 +37,25 @@ from .contacts import Contacts
 from .delivery import DeliveryLedger
 from .echo import EchoFilter
 from .handles import PhoneRegion, pick_region
-from .inbound import BATCH, Action, Approvals, Deliver, InboundPipeline, PermissionVerdict, Send, iso_utc
-from .inbound.permissions import PendingPermissions
+from .handoff import CHANNEL, RoutedEvent
+from .inbound import (
+    BATCH,
+    Action,
+    Approvals,
+    Deliver,
+    InboundPipeline,
+    PermissionVerdict,
+    RowDecision,
+    Send,
+    iso_utc,
+)
 from .media import Inbox
-from .outbox import Outbox, Queued
+from .multisession import Peers, Router, SharedPermissions, as_action
+from .outbox import OUTBOX_FILE, Outbox, Queued
 from .reasons import Verdict
 from .receipts import Receipts, failed_label, send_errors
 from .replies import Outcome, Replies
+from .routing import pins_from_access
 from .scope import Scope
 from .sender import ERR_NOT_AUTHORIZED, Sender, SendError
 from .settings import DEFAULT_DB_PATH, Settings
@@ -54,6 +70,10 @@ WAL fsync and a write to the memory-mapped -shm, which raises no file event; a r
 -wal event can miss a slow commit, which would then wait for the safety poll. (Found by
 scripts/repro_missed_wake.py: ~1 % of lone messages, far more under disk load; the 2 s read was added when
 a loaded 2-core machine running the test suite showed fsyncs slower than 500 ms.)"""
+
+ADOPT_OUTBOXES_S = 30.0
+"""With several sessions, how often the reader looks for the outbox of a session that ended with replies
+still queued (it then retries them itself)."""
 
 Push = Callable[[Deliver | PermissionVerdict, Callable[[], None] | None], None]
 """How the channel hands the server a notification: the event or verdict, and what to call once its line
@@ -81,10 +101,17 @@ class Channel:
             settings.addressbook_dir, enabled=settings.contacts, region=lambda: self.region.code, clock=clock
         )
         self.ledger = DeliveryLedger(settings.state_dir, settings.db_path, clock)
-        self.outbox = Outbox(settings.state_dir, clock=clock.wall, stamp=clock)
+        self._push: Push | None = None
+        self._held: list[RoutedEvent] = []  # routed here before the client listens
+        self._held_lock = threading.Lock()
+        self._orphans: queue.SimpleQueue[RoutedEvent] = queue.SimpleQueue()
+        self.router: Router | None = None
+        self.peers = Peers(settings, self._received, clock)
+        self.peers.share_sends(self.echo)
+        self.permissions = SharedPermissions(self.peers.registry_asks, self.peers.sid)
+        self.outbox = Outbox(settings.state_dir, clock=clock.wall, stamp=clock, path=self.peers.outbox_path())
         self.outbox.load()
         self.replies = Replies(sender, self.store, self.echo, self.outbox, settings.append_signature)
-        self.permissions = PendingPermissions()
         self.inbox = Inbox.in_state_dir(settings.state_dir, clock)
         self.waker = Waker(settings.db_path)
         self.db: ChatDB | None = None
@@ -104,6 +131,8 @@ class Channel:
             log.error("%s (%s)", self.problem, exc)
             return False
         self._attach(db)
+        if self.peers.claim_reader():
+            self.become_reader(handover=False)
         return True
 
     def _attach(self, db: ChatDB) -> None:
@@ -122,23 +151,33 @@ class Channel:
             names=self.contacts.name_for,
             clock=self.clock,
         )
-        pipeline.resume(self.ledger.load(), self.settings.catchup_max)
         self.db, self.pipeline, self.problem = db, pipeline, None
         self.scope = Scope(db, self.store, owner, pipeline.is_self_chat, self.contacts.name_for, self._failed)
         self.approvals = Approvals(self.store, db)
         self.receipts = self.replies.receipts = Receipts(db, clock=self.clock)
         # Contacts load in the background: a start never waits for them (the first lookup does, if early).
         threading.Thread(target=self.contacts.refresh, args=(True,), name="contacts", daemon=True).start()
-        # Persist the starting point at once: a crash before the first batch is committed must resume here
-        # (with delivered.log naming what was already pushed), not look like a first start that skips it all.
-        self.commit()
-        log.info("reading %s from ROWID %d", db.path, pipeline.watermark)
         log.info("owner handles: %s", ", ".join(sorted(owner)) or "none found (self-chat will not be recognised)")
         region = self.region
         log.info(
             "phone numbers without a country code in access.json are read as %s",
             f"{region.code} numbers (from {region.source})" if region.code else "invalid (no region known)",
         )
+
+    def become_reader(self, *, handover: bool) -> None:
+        """This session holds the reader lease: load the delivery ledger, take up where the last reader left
+        off (exactly there on a `handover` from a session that just ended), adopt what the other sessions
+        hold (`Router.take_over`) and save the starting point. Blocking."""
+        assert self.pipeline is not None and self.db is not None
+        self.pipeline.resume(self.ledger.load(), self.settings.catchup_max, handover=handover)
+        self.outbox.move_to(self.settings.state_dir / OUTBOX_FILE)  # the reader's queue, as before sessions
+        self.router = Router(self.peers, self.ledger, self._orphaned, self.clock)
+        self.router.take_over()
+        self.pipeline.ledger = self.router.guard
+        # Persist the starting point at once: a crash before the first batch is committed must resume here
+        # (with delivered.log naming what was already pushed), not look like a first start that skips it all.
+        self.commit()
+        log.info("reading %s from ROWID %d (session %r)", self.db.path, self.pipeline.watermark, self.peers.name)
 
     def _failed(self, msgs: list[Message]) -> dict[int, str]:
         """`(not delivered …)` marks for the owner's messages among `msgs` that Messages marked failed."""
@@ -154,12 +193,22 @@ class Channel:
         return self.db, self.pipeline
 
     def commit(self) -> None:
-        """Save the delivery state (the pipeline's snapshot). Blocking."""
-        if self.pipeline is not None:
+        """Save the delivery state (the pipeline's snapshot); only the reader has one. Blocking."""
+        if self.pipeline is not None and self.router is not None:
             self.ledger.commit(self.pipeline.snapshot())
 
-    def close(self) -> None:
+    def stopping(self) -> None:
+        """At exit, before the last stdout lines are written: stop reading and receiving (`Peers.stop_receiving`;
+        the reader closes its connections, whose events the next reader adopts)."""
         self.waker.stop()
+        self.peers.stop_receiving()
+        if self.router is not None:
+            self.router.close()
+
+    def close(self) -> None:
+        """At exit, after the last write of the delivery state: leave the sessions, close chat.db."""
+        self.waker.stop()
+        self.peers.close()
         if self.db is not None:
             self.db.close()
 
@@ -173,9 +222,13 @@ class Channel:
     # -- delivery ----------------------------------------------------------------------------------------
     async def deliver_forever(self, push: Push) -> None:
         """Read, gate and push for as long as the connection lives (the server starts it once the client
-        listens). Until chat.db can be read, say why once and look again every `RECHECK_S`."""
+        listens). Until chat.db can be read, say why once and look again every `RECHECK_S`; while another
+        session reads, write what it routes here and take over when it ends."""
+        self._listening(push)
         if self.pipeline is None:
             await self._until_readable(push)
+        if self.router is None:
+            await self._until_reader(push)
         self.waker.start()
         failing = False
         followups: list[float] = []
@@ -186,8 +239,7 @@ class Channel:
                     for action in await anyio.to_thread.run_sync(self._confirmations):
                         self._execute(action, push, tg)
                     held = await self._drain(push, tg)
-                    for failure in await anyio.to_thread.run_sync(self.receipts.watch_failures):
-                        push(Deliver(failure.content, {**failure.meta(), "ts": iso_utc(self.clock.now())}), None)
+                    await self._report_failures(push)
                     if failing:
                         log.info("chat.db is readable again")
                     failing = False
@@ -201,6 +253,54 @@ class Channel:
                 if await anyio.to_thread.run_sync(self.waker.wait, timeout, abandon_on_cancel=True):
                     followups = list(FOLLOW_UP_S)
 
+    async def _report_failures(self, push: Push) -> None:
+        """Replies of this session that Messages failed to deliver after `reply` returned: `send_failed`."""
+        receipts = self.replies.receipts
+        if receipts is None:
+            return
+        for failure in await anyio.to_thread.run_sync(receipts.watch_failures):
+            push(Deliver(failure.content, {**failure.meta(), "ts": iso_utc(self.clock.now())}), None)
+
+    async def _until_reader(self, push: Push) -> None:
+        """Another session reads chat.db: report this session's failed sends while waiting, and take over the
+        moment the reader ends (`Peers.became_reader`, set by the lease watcher)."""
+        became = self.peers.became_reader
+        while not await anyio.to_thread.run_sync(became.wait, 1.0, abandon_on_cancel=True):
+            try:
+                await self._report_failures(push)
+            except ChatDBError as exc:
+                log.debug("send confirmation: %s", exc)
+        log.info("session %r takes over reading iMessage", self.peers.name)
+        await anyio.to_thread.run_sync(lambda: self.become_reader(handover=True))
+        self._outbox_changed.set()  # adopt the queues the old reader left
+
+    # -- routed events (from the reader) -----------------------------------------------------------------
+    def _received(self, event: RoutedEvent) -> None:
+        """The reader routed `event` here (on an inbox thread): write it, or hold it until the client listens."""
+        with self._held_lock:
+            push = self._push
+            if push is None:
+                self._held.append(event)
+                return
+        self._write_routed(push, event)
+
+    def _listening(self, push: Push) -> None:
+        """The client listens: write what was routed here before, and from now on at once."""
+        with self._held_lock:
+            self._push, held, self._held = push, self._held, []
+        for event in held:
+            self._write_routed(push, event)
+
+    def _write_routed(self, push: Push, event: RoutedEvent) -> None:
+        push(as_action(event), lambda: self.peers.written(event))
+
+    def _orphaned(self, events: list[RoutedEvent]) -> None:
+        """A session died with events it never wrote (a dispatcher thread): route them again soon."""
+        for event in events:
+            self._orphans.put(event)
+        self.waker.poke()
+
+    # -- the reader's loop ----------------------------------------------------------------------------
     def _confirmations(self) -> list[Send]:
         self.require()
         return self.approvals.confirmations()
@@ -210,7 +310,7 @@ class Channel:
         while True:
             _, pipeline = await anyio.to_thread.run_sync(self.require)
             before = pipeline.watermark
-            actions, decisions = await anyio.to_thread.run_sync(pipeline.poll, BATCH)
+            actions, decisions = await anyio.to_thread.run_sync(self._poll, pipeline)
             for d in decisions:
                 if d.verdict is not Verdict.HOLD:
                     log.debug("ROWID %d %s: %s", d.message.rowid, d.verdict.value, d.reason.value)
@@ -221,6 +321,69 @@ class Channel:
             held = bool(decisions) and decisions[-1].verdict is Verdict.HOLD
             if held or len(decisions) < BATCH:
                 return held
+
+    def _poll(self, pipeline: InboundPipeline) -> tuple[list[Action], list[RowDecision]]:
+        """One read (`InboundPipeline.poll`) with the sessions around it: the other sessions' sends and
+        deliveries learnt first, events of sessions that died routed again, and each new event routed: what
+        stays here is returned, the rest is handed off. Blocking."""
+        router = self.router
+        assert router is not None
+        router.before_poll(self.echo)
+        pins = self._pins()
+        actions: list[Action] = []
+        while True:
+            try:
+                orphan = self._orphans.get_nowait()
+            except queue.Empty:
+                break
+            if orphan.method != CHANNEL:
+                log.info("a permission verdict for a session that ended was dropped")
+                continue
+            chat = str(orphan.params.get("meta", {}).get("chat_id", ""))
+            target, again = router.redirect(orphan, chat, pins)
+            back = router.deliver(again, target, pins)
+            if back is not None:
+                actions.append(as_action(back))
+        polled, decisions = pipeline.poll(BATCH)
+        return actions + self._route(polled, router, pins), decisions
+
+    def _pins(self) -> dict[str, str]:
+        """Chats pinned to a session name in access.json (`"routes"`); none when it cannot be read."""
+        try:
+            return pins_from_access(self.store.load().extra)
+        except Exception as exc:  # routing never fails for want of pins
+            log.debug("routes in access.json not read: %s", exc)
+            return {}
+
+    def _route(self, actions: list[Action], router: Router, pins: dict[str, str]) -> list[Action]:
+        """Route the pipeline's actions: events go to their session (those for this one are returned), a
+        permission verdict to the session that asked; routing replies (`/sessions`) are added as `Send`s."""
+        out: list[Action] = []
+        lost_verdict = False
+        for action in actions:
+            if isinstance(action, PermissionVerdict):
+                owner = self.permissions.owner(action.request_id)
+                if owner == self.peers.sid:
+                    out.append(action)
+                elif not router.send_verdict(owner, action):
+                    lost_verdict = True
+                continue
+            if isinstance(action, Send):
+                if lost_verdict:  # the acknowledgement that follows a verdict (`inbound.permissions.answer`)
+                    action = Send(action.chat_guid, f"{action.text}, but the session that asked has ended")
+                    lost_verdict = False
+                out.append(action)
+                continue
+            routed = router.route(action, pins)
+            if routed.reply is not None:
+                out.append(Send(routed.chat, routed.reply))
+            if routed.event is None or routed.target is None:
+                log.info("%s: %s", routed.decision.value, routed.decision.description)
+                continue
+            back = router.hand_off(routed.event, routed.target, pins)
+            if back is not None:
+                out.append(as_action(back))
+        return out
 
     def _execute(self, action: Action, push: Push, tg: anyio.abc.TaskGroup) -> None:
         if isinstance(action, Deliver):
@@ -282,12 +445,18 @@ class Channel:
             self.status(push, f"The iMessage channel cannot make Messages send: {automation(self.app)}")
 
     async def outbox_forever(self, push: Push) -> None:
-        """Retry queued reply parts when due; report replies given up as channel events."""
+        """Retry queued reply parts when due; report replies given up as channel events. The reader also
+        takes over the queues of sessions that ended (`Outbox.adopt`), looking every `ADOPT_OUTBOXES_S`."""
         while True:
+            if self.router is not None:
+                for path in await anyio.to_thread.run_sync(self.peers.ended_outboxes):
+                    self.outbox.adopt(path)
             for entry in self.outbox.due():
                 await self._retry(entry, push)
             due = self.outbox.next_due()
             delay = max(0.0, due - self.outbox.clock()) if due is not None else math.inf
+            if not self.peers.alone:
+                delay = min(delay, ADOPT_OUTBOXES_S)
             self._outbox_changed = anyio.Event()
             with anyio.move_on_after(delay):
                 await self._outbox_changed.wait()
@@ -361,7 +530,8 @@ class Channel:
         if target is None:
             log.warning("permission request %s: no self-chat known, not relayed", request_id)
             return
-        lines = [f"🔐 Claude wants to use {tool_name or 'a tool'}", description, preview[:600]]
+        prefix = await anyio.to_thread.run_sync(self.peers.prompt_prefix)  # `[name] ` with several sessions
+        lines = [f"{prefix}🔐 Claude wants to use {tool_name or 'a tool'}", description, preview[:600]]
         lines.append(f'Reply "yes {request_id}" to allow or "no {request_id}" to deny.')
         await self._send_text(target, "\n".join(line for line in lines if line))
 

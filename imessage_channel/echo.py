@@ -66,9 +66,18 @@ class EchoFilter:
         self.clock = clock or SYSTEM.monotonic
         self._sent: dict[tuple[str, str], _Sent] = {}
         self._lock = threading.Lock()
+        self.on_record: Callable[..., None] | None = None
+        """Also told of every `record` (`chat_guid, text, self_chat=`): with several sessions, the shared
+        sent log (`sentlog.SentLog.append`), so the reader recognises this session's sends too."""
 
     def record(self, chat_guid: str, text: str, *, self_chat: bool) -> None:
-        """Remember that `text` was just sent to `chat_guid`."""
+        """Remember that `text` was just sent to `chat_guid` (and tell `on_record`)."""
+        self.remember(chat_guid, text, self_chat=self_chat)
+        if self.on_record is not None:
+            self.on_record(chat_guid, text, self_chat=self_chat)
+
+    def remember(self, chat_guid: str, text: str, *, self_chat: bool) -> None:
+        """`record` without telling `on_record`: for sends another session made (`sentlog.feed`)."""
         key = (conversation_key(chat_guid, self_chat=self_chat), normalize_text(text))
         with self._lock:
             self._expire()

@@ -318,7 +318,7 @@ class DeliveredLogs:
         with self._lock:
             try:
                 names = sorted(n for n in os.listdir(self.dir) if n.endswith(".delivered"))
-            except FileNotFoundError:
+            except OSError:  # no sessions folder (yet), or not a folder: nothing to read
                 return []
             out: list[tuple[str, str, int]] = []
             for name in names:

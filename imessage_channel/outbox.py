@@ -8,11 +8,13 @@ from the persisted queue the moment AppleScript reports it sent, so a restart ne
 reply given up on (time out, or a permanent error such as a deleted file) is reported to Claude as a
 channel event naming the chat and the text's first words.
 
-Persistence: `outbox.json` in the state dir, rewritten atomically on every change (`statefile.atomic_write`)
-and validated entry by entry on load (`Queued.from_json`). A file that does not parse is moved aside under a
-unique name (`statefile.move_aside`) and the queue starts empty; bad entries are dropped with the file moved
-aside and the good ones kept. An unreadable file (permissions, a directory, EIO) is left where it is and the
-outbox works in memory only, so fixing the file's owner later loses nothing.
+Persistence: `outbox.json` in the state dir (with several sessions, the reader's; the others keep their own
+`sessions/<id>.outbox.json`, adopted by the reader once they end: `move_to`, `adopt`), rewritten
+atomically on every change (`statefile.atomic_write`) and validated entry by entry on load
+(`Queued.from_json`). A file that does not parse is moved aside under a unique name (`statefile.move_aside`)
+and the queue starts empty; bad entries are dropped with the file moved aside and the good ones kept. An
+unreadable file (permissions, a directory, EIO) is left where it is and the outbox works in memory only, so
+fixing the file's owner later loses nothing.
 
 Every entry is re-checked against the gate when it is due (`server.Channel._retry`): the file is in the state
 dir, which is not proof that the channel may answer the chat an entry names.
@@ -127,8 +129,14 @@ class Outbox:
     `now()` names a file moved aside. Not thread-safe: the server touches it from its event loop only
     (sends themselves run in worker threads)."""
 
-    def __init__(self, state_dir: Path, clock: Callable[[], float] = SYSTEM.wall, stamp: Clock = SYSTEM) -> None:
-        self.path = state_dir / OUTBOX_FILE
+    def __init__(
+        self,
+        state_dir: Path,
+        clock: Callable[[], float] = SYSTEM.wall,
+        stamp: Clock = SYSTEM,
+        path: Path | None = None,
+    ) -> None:
+        self.path = path or state_dir / OUTBOX_FILE
         self.clock = clock
         self.stamp = stamp
         self.entries: list[Queued] = []
@@ -150,6 +158,52 @@ class Outbox:
         elif loaded.state is LoadState.SALVAGED:
             log.warning("outbox: kept the %d valid entries of %s", len(self.entries), self.path.name)
             self.save()
+
+    def adopt(self, path: Path) -> int:
+        """Take over the queue another outbox left in `path` (a session that ended): its valid entries join
+        this queue (saved first), then the file is removed. Returns how many entries were adopted; a file
+        that cannot be read is left where it is."""
+        if path == self.path:
+            return 0
+        adopted = self._merge(path)
+        if adopted:
+            self.save()
+        self._remove(path)
+        if adopted:
+            log.info("outbox: took over %d queued repl(ies) from %s", adopted, path.name)
+        return adopted
+
+    def move_to(self, path: Path) -> None:
+        """Keep the queue in `path` from now on (a session that becomes the reader moves to `outbox.json`):
+        entries already in that file join the queue, which is saved there, and the old file is removed."""
+        old = self.path
+        if path == old:
+            return
+        self.path = path
+        self._merge(path)
+        self.save()
+        self._remove(old)
+
+    def _merge(self, path: Path) -> int:
+        """Add the valid entries of the queue file `path` that this queue does not hold; how many."""
+        loaded = statefile.load(
+            path, parse_outbox, clock=self.stamp, log=log, then="nothing adopted", then_unreadable="left where it is"
+        )
+        known = {e.id for e in self.entries}
+        adopted = [e for e in loaded.value or [] if e.id not in known]
+        self.entries += adopted
+        return len(adopted)
+
+    def _remove(self, path: Path) -> None:
+        """Delete a queue file whose entries this queue now holds (not while this queue cannot be saved)."""
+        if not self.writable:
+            return
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("outbox: could not remove %s: %s", path, exc)
 
     def add(self, chat_guid: str, parts: list[str], files: list[str], error: str, first_words: str) -> Queued:
         """Queue the remainder of a reply; the first retry is due after `BACKOFF_S[0]`."""

@@ -186,4 +186,4 @@ class SentLog:
 def feed(echo: EchoFilter, sent: list[SentText]) -> None:
     """Record each of `sent` in `echo`: what the reader does with `SentLog.poll()` before each poll."""
     for item in sent:
-        echo.record(item.chat, item.text, self_chat=item.self_chat)
+        echo.remember(item.chat, item.text, self_chat=item.self_chat)

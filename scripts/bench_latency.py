@@ -31,6 +31,9 @@ run, ours vs the poller) with matplotlib, from this run or, with `--from A.json 
 `--json` files of earlier runs (one curve per target and database) without measuring anything.
 `--contacts N` gives the server an AddressBook of N contacts that names every sender (`use_contacts`; the
 default 0 turns lookups off): run it with 0 and 5000 to see what contact names cost a delivery.
+`--routed` starts a first session that reads chat.db (the reader lease) before the measured one, which is
+then the default session: every event is routed to it over the handoff socket (`multisession`); compare
+with a run without it to see what routing adds.
 matplotlib is in the optional `bench` dependency group: `uv sync --group bench`.
 
 Usage (from the repo root): `uv run python scripts/bench_latency.py [--db /tmp/big/chat.db] [--baseline]
@@ -247,13 +250,16 @@ def use_contacts(work: Path, count: int) -> str:
     return f"{count} contacts"
 
 
-def spawn_server(db: Path, work: Path, stderr: IO[bytes], state: Path | None = None) -> Target:
-    """Spawn the channel on `db` (state dir `state`, default `work/state`) and send `initialize` at
-    once; the caller waits for the reply (`wait_ready`) and sends `notifications/initialized`."""
+def spawn_server(
+    db: Path, work: Path, stderr: IO[bytes], state: Path | None = None, name: str | None = None
+) -> Target:
+    """Spawn the channel on `db` (state dir `state`, default `work/state`; session `name`) and send
+    `initialize` at once; the caller waits for the reply (`wait_ready`) and sends `notifications/initialized`."""
     state = state or work / "state"
     state.mkdir(exist_ok=True)
     env = {
         **os.environ,
+        **({"IMESSAGE_SESSION_NAME": name} if name else {}),
         "IMESSAGE_DB_PATH": str(db),
         "IMESSAGE_STATE_DIR": str(state),
         "PATH": f"{ROOT / 'tests' / 'fakes' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -288,9 +294,11 @@ def spawn_server(db: Path, work: Path, stderr: IO[bytes], state: Path | None = N
     return target
 
 
-def start_server(db: Path, work: Path, stderr: IO[bytes], state: Path | None = None) -> Target:
+def start_server(
+    db: Path, work: Path, stderr: IO[bytes], state: Path | None = None, name: str | None = None
+) -> Target:
     """Spawn the channel on `db` and complete the MCP handshake."""
-    target = spawn_server(db, work, stderr, state)
+    target = spawn_server(db, work, stderr, state, name)
     target.wait_ready(60)
     target.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
     return target
@@ -420,12 +428,17 @@ def run_target(kind: str, db: Path, work: Path, args: argparse.Namespace, rng: r
     with err_path.open("wb") as err:
         # a fresh state dir: a first start (a restart would rightly catch up on the other target's rows)
         state = Path(tempfile.mkdtemp(prefix="state-", dir=work))
-        target = start_server(db, work, err, state) if kind == "ours" else start_poller(db, err)
+        reader = None
+        if kind == "ours" and args.routed:  # a first session reads and routes; the measured one is the default
+            reader = start_server(db, work, err, state, name="reader")
+        target = start_server(db, work, err, state, name="measured") if kind == "ours" else start_poller(db, err)
         try:
             result = measure(target, db, args.messages, args.burst, args.idle, rng)
             alive = target.proc.poll() is None
         finally:
             code = target.stop()
+            if reader is not None:
+                reader.stop()
     result["alive_after_burst"] = alive
     result["exit_code"] = code
     stderr = err_path.read_text(errors="replace")
@@ -594,6 +607,11 @@ def main() -> int:
     parser.add_argument(
         "--contacts", type=int, default=0, help="contacts in the AddressBook the server reads (0: lookups off)"
     )
+    parser.add_argument(
+        "--routed",
+        action="store_true",
+        help="two sessions: a first one reads and routes, the measured one (the default) gets every event",
+    )
     parser.add_argument("--poller", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.poller:
@@ -615,6 +633,7 @@ def main() -> int:
         t0 = time.perf_counter()
         db = prepare_db(args.db, work)
         label = f"{db_label(args.db)}, {use_contacts(work, args.contacts)}"
+        label += ", routed through a reader session" if args.routed else ""
         print(f"database: {args.db or 'fresh sequoia fixture'} → {db} (prepared in {time.perf_counter() - t0:.1f} s)")
         for i in range(args.runs):
             run: dict[str, dict[str, Any]] = {}

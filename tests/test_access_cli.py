@@ -590,3 +590,58 @@ def test_json_of_an_allow_by_name(state, capsys, book):
     result = json.loads(out)
     assert code == 0 and result["changed"] is True
     assert (result["contact"], result["added"]) == ("Jane Appleseed", ["+14155550132", "jane@example.com"])
+
+
+# -- sessions and routes (many Claude Code sessions on one Mac) ---------------------------------------------
+
+
+def test_route_add_pins_a_chat_to_a_session_and_rm_unpins_it(state, capsys):
+    seed(state, allowFrom=[STRANGER], routes={GROUP: "family"})
+    code, out, _ = access_cli(capsys, "route", "add", DM_STRANGER, "My Project")
+    assert code == 0
+    assert out.strip() == f"Chat {DM_STRANGER} now goes to the session 'my-project' while it runs."
+    assert stored(state)["routes"] == {GROUP: "family", DM_STRANGER: "my-project"}
+    assert stored(state)["allowFrom"] == [STRANGER]  # nothing else touched
+    code, out, _ = access_cli(capsys, "route", "rm", GROUP)
+    assert code == 0 and "no longer pinned" in out
+    assert stored(state)["routes"] == {DM_STRANGER: "my-project"}
+    access_cli(capsys, "route", "rm", DM_STRANGER)
+    assert "routes" not in stored(state)
+    code, out, _ = access_cli(capsys, "route", "rm", DM_STRANGER)
+    assert code == 0 and "was not pinned; nothing changed" in out
+
+
+def test_route_add_refuses_what_is_not_a_chat_guid(state, capsys):
+    code, _, err = access_cli(capsys, "route", "add", "+15559876543", "work")
+    assert code == 2
+    assert "is not a chat GUID" in err and "chat_id" in err
+    assert not (state / "access.json").exists()
+
+
+def test_status_lists_live_sessions_the_reader_and_pinned_chats(state, capsys):
+    from imessage_channel.lease import ReaderLease
+    from imessage_channel.sessions import Registry, new_session_id
+
+    seed(state, routes={GROUP: "family"})
+    code, out, _ = access_cli(capsys)
+    assert "Sessions: none running" in out
+    registry = Registry(state)
+    alpha = registry.register(new_session_id(), "alpha")
+    beta = registry.register(new_session_id(), "beta", project="/Users/me/beta")
+    lease = ReaderLease(state, alpha.info.id)
+    assert lease.try_acquire()
+    try:
+        code, out, _ = access_cli(capsys)
+        assert code == 0
+        assert "Sessions (2): alpha (reads iMessage), beta (default)" in out
+        assert f"  beta: pid {os.getpid()}, /Users/me/beta, started " in out
+        assert f"Pinned chats (1):\n  {GROUP} → family" in out
+        code, out, _ = access_cli(capsys, "--json")
+        data = json.loads(out)
+        assert [s["name"] for s in data["sessions"]] == ["alpha", "beta"]
+        assert data["reader"] == alpha.info.id and data["default"] == beta.info.id
+        assert data["access"]["routes"] == {GROUP: "family"}
+    finally:
+        lease.release()
+        alpha.close()
+        beta.close()

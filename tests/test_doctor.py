@@ -76,7 +76,8 @@ def test_a_good_setup_passes_every_check_and_exits_0(env, good_db, capsys):
     lines = out.splitlines()
     assert code == 0, out
     assert lines[-1] == "All checks passed."
-    assert [line[0] for line in lines[:-1]] == ["✓"] * 5 + ["–"] + ["✓"] * 4
+    assert [line[0] for line in lines[:-1]] == ["✓"] * 5 + ["–"] + ["✓"] * 3 + ["–", "✓"]
+    assert "– sessions: none running" in out
     assert f"✓ contact names: 1 contact with 1 handle from 1 Contacts store in {env['book']}" in out
     assert f"✓ self-chat exists: iMessage;-;{OWNER}" in lines
     assert "✓ schema recognised: macOS 14 Sonoma (85 message columns)" in lines
@@ -343,3 +344,27 @@ def test_the_channel_check_shows_why_the_server_exited(good_db):
 def test_the_channel_check_gives_up_on_a_silent_server(good_db):
     check = doctor.check_channel(good_db, argv=[sys.executable, "-c", "import sys; sys.stdin.read()"], timeout=0.5)
     assert check.status is Status.FAIL and "no answer to initialize within 0.5 s" in check.detail
+
+
+def test_sessions_lists_the_live_ones_and_the_reader(tmp_path):
+    from imessage_channel.cli.doctor import check_sessions
+    from imessage_channel.lease import ReaderLease
+    from imessage_channel.sessions import Registry, new_session_id
+
+    registry = Registry(tmp_path)
+    alpha = registry.register(new_session_id(), "alpha", project="/Users/me/alpha")
+    beta = registry.register(new_session_id(), "beta")
+    lease = ReaderLease(tmp_path, alpha.info.id)
+    assert lease.try_acquire()
+    try:
+        check = check_sessions(tmp_path, alpha.info.started + 30)
+        assert check.status.value == "pass"
+        assert check.detail.startswith("Sessions (2): alpha (reads iMessage), beta (default); ")
+        assert f"alpha: pid {os.getpid()}, /Users/me/alpha, started 30 s ago" in check.detail
+        beta.close()
+        alone = check_sessions(tmp_path, alpha.info.started).detail
+        assert alone.startswith("Sessions (1): alpha (reads iMessage, default)")
+    finally:
+        lease.release()
+        alpha.close()
+    assert check_sessions(tmp_path, 0).status.value == "skip"

@@ -285,7 +285,13 @@ def test_the_server_command_is_quiet_and_runs_from_the_plugin_root():
 
 # --- the skills ------------------------------------------------------------------------------------
 
-PLACEHOLDERS = {"<code>": "a4f91c", "<handle>": "+15551234567", "<guid>": "iMessage;+;chat123", "<command>": "doctor"}
+PLACEHOLDERS = {
+    "<code>": "a4f91c",
+    "<handle>": "+15551234567",
+    "<guid>": "iMessage;+;chat123",
+    "<command>": "doctor",
+    "<session>": "work",
+}
 
 
 @pytest.mark.parametrize("name", ["access", "configure"])

@@ -182,6 +182,13 @@ def _add_access_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
     v = verbs.add_parser("set", parents=[as_json], help="set a delivery setting")
     v.add_argument("key", metavar="textChunkLimit|chunkMode|mentionPatterns|appendSignature|signature")
     v.add_argument("value")
+    route = verbs.add_parser("route", help="pin a chat to a session (many Claude Code sessions on one Mac)")
+    route_verbs = route.add_subparsers(dest="route_verb", required=True, metavar="add|rm")
+    v = route_verbs.add_parser("add", parents=[as_json], help="texts in this chat go to that session while it runs")
+    v.add_argument("guid", help="the chat GUID (an event's chat_id), e.g. 'iMessage;-;+15551234567'")
+    v.add_argument("session", help="the session's name (IMESSAGE_SESSION_NAME, or its project folder's name)")
+    v = route_verbs.add_parser("rm", parents=[as_json], help="unpin a chat")
+    v.add_argument("guid")
 
 
 def build_parser() -> argparse.ArgumentParser:

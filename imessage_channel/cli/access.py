@@ -15,6 +15,7 @@ official `/imessage:access` skill (anthropics/claude-plugins-official,
 | `group add <guid> [--no-mention] [--allow a,b]`  | opt a group chat in                                     |
 | `group rm <guid>`                                | opt it out                                              |
 | `set textChunkLimit\\|chunkMode\\|mentionPatterns\\|appendSignature <value>` | delivery settings  |
+| `route add <chat guid> <session>` / `route rm <chat guid>` | pin a chat to a session name (`routes`, ours) |
 
 Every change is a read-modify-write through `AccessStore.update`, under the advisory lock
 `access.locked` that the server takes too, so a pairing code the server records while the CLI edits is
@@ -29,6 +30,9 @@ Names come from the owner's Contacts (`contacts.Contacts`, read-only; `IMESSAGE_
 the status shows a name beside each handle it knows, and `allow`/`remove` take a contact's name where a handle
 does not parse, acting on all of that contact's handles. An ambiguous or unknown name is refused, with the
 candidates, and nothing is written.
+
+The status also lists the live sessions (many Claude Code sessions on one Mac, `multisession.overview`):
+which one reads iMessage, which is the default, and the chats pinned to a session name.
 """
 
 from __future__ import annotations
@@ -62,7 +66,10 @@ from ..chatdb import ChatDB, ChatDBError
 from ..clock import SYSTEM
 from ..contacts import Contact, ContactLookupError, Contacts, ContactsUnavailable, meta_name
 from ..handles import ChatGuid, HandleError, PhoneRegion, Region, pick_region
+from ..multisession import overview
 from ..patterns import pattern_error
+from ..routing import pins_from_access
+from ..sessions import sanitize_name
 from ..settings import Settings
 
 MAX_SIGNATURE = 200
@@ -567,6 +574,66 @@ def cmd_group_rm(store: AccessStore, guid: str) -> _Result:
     return _Result(f"Group {key} disabled.", after, changed=True, guid=key)
 
 
+def parse_chat_guid(value: str) -> str:
+    """`value` stripped, when it is a chat GUID (`iMessage;-;+15551234567`, `iMessage;+;chat123…`); else
+    `AccessCLIError`."""
+    guid = value.strip()
+    if ChatGuid.parse(guid) is None or any(c.isspace() for c in guid):
+        raise AccessCLIError(
+            f"{guid!r} is not a chat GUID. They look like 'iMessage;-;+15551234567' or 'iMessage;+;chat123456789'; "
+            "`imessage-channel messages` shows them in each chat's header, and events carry them as chat_id."
+        )
+    return guid
+
+
+def _routes(a: Access) -> dict[str, str]:
+    return pins_from_access(a.extra)
+
+
+def cmd_route_add(store: AccessStore, guid: str, session: str) -> _Result:
+    """`route add <chat guid> <session>`: texts in that chat go to the live session of that name (stored
+    sanitised, as session names are: `My Project` → `my-project`)."""
+    key, name = parse_chat_guid(guid), sanitize_name(session)
+
+    def step(a: Access) -> Access:
+        routes = {g: n for g, n in _routes(a).items() if g != key}
+        return replace(a, extra={**a.extra, "routes": {**routes, key: name}})
+
+    _, after = _update(store, step)
+    message = f"Chat {key} now goes to the session {name!r} while it runs."
+    return _Result(message, after, changed=True, guid=key, session=name)
+
+
+def cmd_route_rm(store: AccessStore, guid: str) -> _Result:
+    """`route rm <chat guid>`: unpin the chat (it goes where unaddressed texts go)."""
+    key = guid.strip()
+
+    def step(a: Access) -> Access:
+        routes = _routes(a)
+        if key not in routes:
+            return a
+        rest = {g: n for g, n in routes.items() if g != key}
+        extra = {k: v for k, v in a.extra.items() if k != "routes"} | ({"routes": rest} if rest else {})
+        return replace(a, extra=extra)
+
+    before, after = _update(store, step)
+    if after is before:
+        return _Result(f"Chat {key} was not pinned; nothing changed.", after, changed=False, guid=key)
+    return _Result(f"Chat {key} is no longer pinned to a session.", after, changed=True, guid=key)
+
+
+def sessions_lines(state_dir: Path, access: Access, now: float) -> list[str]:
+    """The sessions block of the status: live sessions, the reader, the default, and pinned chats."""
+    try:
+        lines = overview(state_dir).lines(now)
+    except OSError as exc:
+        lines = [f"Sessions: cannot be read ({statefile.describe_error(exc)})"]
+    routes = _routes(access)
+    lines.append(f"Pinned chats ({len(routes)})" + (":" if routes else ""))
+    lines += [f"  {guid} → {name}" for guid, name in sorted(routes.items())]
+    return lines
+
+
 def cmd_set(store: AccessStore, key: str, value: str) -> _Result:
     """`set <key> <value>`: one delivery setting (see `parse_setting`)."""
     edit = parse_setting(key, value)
@@ -598,6 +665,10 @@ def _dispatch(args: argparse.Namespace, store: AccessStore, now: datetime, conta
         return cmd_group_rm(store, args.guid)
     if verb == "set":
         return cmd_set(store, args.key, args.value)
+    if verb == "route" and args.route_verb == "add":
+        return cmd_route_add(store, args.guid, args.session)
+    if verb == "route" and args.route_verb == "rm":
+        return cmd_route_rm(store, args.guid)
     raise AccessCLIError(f"unknown access verb {verb!r}")
 
 
@@ -606,6 +677,13 @@ def _names_json(access: Access, contacts: Contacts) -> dict[str, str]:
     shown = [*access.allow_from, *(p.sender_id for p in access.pending.values())]
     shown += [h for g in access.groups.values() for h in g.allow_from]
     return {h: name for h in dict.fromkeys(shown) if (name := contacts.name_for(h))}
+
+
+def _sessions_json(state_dir: Path) -> dict[str, object]:
+    try:
+        return overview(state_dir).to_json()
+    except OSError as exc:
+        return {"sessions": None, "sessions_error": statefile.describe_error(exc)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -637,10 +715,12 @@ def run(args: argparse.Namespace) -> int:
                     "pending": [_pending_json(c, p, now_ms) for c, p in access.pending.items()],
                     "ignored": list(access.problems),
                     "names": _names_json(access, contacts),
+                    **_sessions_json(settings.state_dir),
                 }
                 print(json.dumps(out, indent=2, ensure_ascii=False))
             else:
                 print(status_text(access, str(store.path), now, contacts.name_for))
+                print("\n".join(sessions_lines(settings.state_dir, access, now.timestamp())))
             return 0
     except (AccessCLIError, PairingError) as exc:
         print(f"imessage-channel access: {exc}", file=sys.stderr)

@@ -19,7 +19,9 @@ detail and, when it fails, the fix. In order:
    carries nothing but JSON-RPC, then closes stdin. It never sends `notifications/initialized`, so
    that server delivers and sends nothing, and it runs on a throw-away state directory;
 10. contact names: the Contacts stores read (`contacts.Contacts`); skipped when there is no Contacts folder or
-    `IMESSAGE_CONTACTS=off` (names are optional), failed when a store exists and cannot be read.
+    `IMESSAGE_CONTACTS=off` (names are optional), failed when a store exists and cannot be read;
+11. sessions: the channel servers running on this Mac (one per Claude Code session), which one reads iMessage
+    and which is the default (`multisession.overview`); skipped when none runs.
 
 `run` prints the list and returns 0 when nothing failed, else 1.
 """
@@ -51,9 +53,11 @@ from pathlib import Path
 from .. import statefile
 from ..access import ACCESS_FILE, APPROVED_DIR, Access, DmPolicy
 from ..chatdb import FULL_DISK_ACCESS_HELP, ChatDB, ChatDBError, self_chats
+from ..clock import SYSTEM
 from ..contacts import UNREADABLE_HELP, Contacts
 from ..delivery import LOG_FILE, STATE_FILE
 from ..handles import pick_region
+from ..multisession import overview
 from ..outbox import OUTBOX_FILE
 from ..sender import AUTOMATION_HELP, ERR_NOT_AUTHORIZED, Sender, SendError, backend_for
 from ..settings import Settings, child_environment
@@ -137,6 +141,7 @@ STATE = "state directory"
 ACCESS = "access.json"
 CHANNEL = "Claude Code sees a channel"
 CONTACTS = "contact names"
+SESSIONS = "sessions"
 
 
 def check_chatdb(path: Path) -> tuple[Check, ChatDB | None]:
@@ -485,6 +490,21 @@ def _judge(reply: dict[str, object], elapsed: float) -> Check:
 # --- Contacts ----------------------------------------------------------------------------------
 
 
+def check_sessions(state_dir: Path, now: float) -> Check:
+    """The channel servers running on this Mac (one per Claude Code session) and which one reads iMessage.
+    Informational: zero sessions is normal when Claude Code is closed; live sessions with nobody reading
+    (only for the moment a reader ends) is reported as such."""
+    try:
+        view = overview(state_dir)
+    except OSError as exc:
+        folder = state_dir / "sessions"
+        return _fail(SESSIONS, f"cannot read {folder}: {exc}", statefile.unreadable_help(folder, exc))
+    if not view.live:
+        return _skip(SESSIONS, "none running (each Claude Code session with this channel starts one)")
+    lines = view.lines(now)
+    return _pass(SESSIONS, "; ".join([lines[0], *(line.strip() for line in lines[1:])]))
+
+
 def check_contacts(contacts: Contacts) -> Check:
     """Whether events will carry `user_name`: skipped when lookups are off or there is no Contacts folder
     (names are optional), failed when a store exists but cannot be read (the fix names Full Disk Access)."""
@@ -533,6 +553,7 @@ def run_checks(settings: Settings, *, send_test: bool = False, sender: Sender | 
     checks.append(check_state_dir(state))
     checks.append(check_access(state, settings.allow_sms, region.code, settings.static_access))
     checks.append(check_contacts(Contacts(settings.addressbook_dir, enabled=settings.contacts, region=region.code)))
+    checks.append(check_sessions(state, SYSTEM.wall()))
     if db is None:
         checks.append(_skip(CHANNEL, "needs a readable chat.db"))
     else:

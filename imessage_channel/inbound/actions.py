@@ -17,11 +17,15 @@ from ..reasons import Reason, Verdict
 @dataclass(frozen=True, slots=True)
 class Deliver:
     """Push `notifications/claude/channel` with this content and meta (all values strings); `rowid` is the row
-    it comes from (0 for a follow-up of an earlier row: edit, unsend, late file), for the delivery ledger."""
+    it comes from (0 for a follow-up of an earlier row: edit, unsend, late file), for the delivery ledger;
+    `typed` is what the sender typed, which `content` ends with (None for events that are not a typed text:
+    reactions, follow-ups, the channel's own news), so routing can read an `@name` and remove it
+    (`multisession.routed_content`)."""
 
     content: str
     meta: dict[str, str]
     rowid: int = 0
+    typed: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

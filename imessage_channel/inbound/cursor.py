@@ -33,11 +33,16 @@ class Cursor:
     catchup_until: int = 0
     replay_until: int = 0
 
-    def resume(self, db: ChatDB, saved: Resume, now: datetime, window: timedelta, most: int) -> None:
+    def resume(
+        self, db: ChatDB, saved: Resume, now: datetime, window: timedelta, most: int, *, handover: bool = False
+    ) -> None:
         """Place the cursor at start. First start → `MAX(ROWID)` (nothing old is delivered); restart → where
         the ledger left off, catching up on rows dated within `window` of `now` (at most the newest `most`);
         a corrupt ledger → the same catch-up from the start of the window; a file rebuilt or restored while
-        the channel was down → at the saved position, which the first `check` re-anchors. Raises `ChatDBError`."""
+        the channel was down → at the saved position, which the first `check` re-anchors. A `handover` (this
+        session takes over reading from another that just ended, `multisession`) → exactly at the saved
+        position: the channel was never down, so the rows after it are live, none capped or marked catch-up.
+        Raises `ChatDBError`."""
         top = db.max_rowid()
         if saved.rowid is None and not saved.corrupt:
             self.watermark = top
@@ -45,7 +50,8 @@ class Cursor:
         base = saved.rowid or 0
         self.edge_guid = saved.edge_guid
         seq, guid = db.anchor(base)
-        if base and (seq < base or (guid is not None and saved.edge_guid and guid != saved.edge_guid)):
+        rebuilt = base and (seq < base or (guid is not None and saved.edge_guid and guid != saved.edge_guid))
+        if rebuilt or (handover and saved.rowid is not None):
             self.watermark = base
             return
         since = now - window

@@ -117,7 +117,8 @@ class Events:
                 meta["reaction_to"] = msg.tapback.target_guid
             if msg.tapback.removed:
                 meta["reaction_removed"] = "true"
-        return Deliver(content, meta, msg.rowid), downloading
+        typed = msg.text if msg.tapback is None and content.endswith(msg.text) else None
+        return Deliver(content, meta, msg.rowid, typed), downloading
 
     def _target(self, msg: Message, guid: str | None) -> str:
         """`your message "Done: 3 files…"`: whose message `guid` is and its first words (one lookup by

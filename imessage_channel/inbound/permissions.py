@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import deque
+from typing import Protocol
 
 from ..chatdb import Message
 from ..gate import IMESSAGE_SERVICES
@@ -41,15 +42,26 @@ class PendingPermissions:
                 return True
             return False
 
-    def answer(self, msg: Message) -> list[Action] | None:
-        """The verdict and acknowledgement when `msg` (a self-chat row: the caller checks) answers a pending
-        request, else None. The request is consumed: a second `yes abcde` is an ordinary text."""
-        if msg.service.lower() not in IMESSAGE_SERVICES or msg.chat_guid is None:
-            return None
-        m = PERMISSION_REPLY.match(msg.text)
-        if not m or not self.take(m.group(2)):
-            return None
-        allow = m.group(1).lower().startswith("y")
-        rid = m.group(2).lower()
-        ack = f"{'✅ Allowed' if allow else '❌ Denied'} ({rid})"
-        return [PermissionVerdict(rid, "allow" if allow else "deny"), Send(msg.chat_guid, ack)]
+
+
+class Requests(Protocol):
+    """Where open permission requests are kept: `PendingPermissions`, or with several sessions
+    `multisession.SharedPermissions` (every session's requests, in the state dir)."""
+
+    def add(self, request_id: str) -> None: ...
+
+    def take(self, request_id: str) -> bool: ...
+
+
+def answer(msg: Message, requests: Requests) -> list[Action] | None:
+    """The verdict and acknowledgement when `msg` (a self-chat row: the caller checks) answers a request open
+    in `requests`, else None. The request is consumed: a second `yes abcde` is an ordinary text."""
+    if msg.service.lower() not in IMESSAGE_SERVICES or msg.chat_guid is None:
+        return None
+    m = PERMISSION_REPLY.match(msg.text)
+    if not m or not requests.take(m.group(2)):
+        return None
+    allow = m.group(1).lower().startswith("y")
+    rid = m.group(2).lower()
+    ack = f"{'✅ Allowed' if allow else '❌ Denied'} ({rid})"
+    return [PermissionVerdict(rid, "allow" if allow else "deny"), Send(msg.chat_guid, ack)]

@@ -26,13 +26,14 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from .. import access as access_mod
 from ..access import AccessStore
 from ..appletime import from_apple
 from ..chatdb import ChatDB, Kind, Message, is_self_chat, plain_id
 from ..clock import SYSTEM, Clock
-from ..delivery import DeliveryLedger, Resume, Snapshot
+from ..delivery import Resume, Snapshot
 from ..echo import EchoFilter
 from ..gate import Inbound, decide
 from ..handles import normalize_handle
@@ -45,7 +46,7 @@ from .cursor import Cursor
 from .events import FILE_KINDS, Events
 from .filters import Age, Ages, Duplicates, Twins
 from .followups import FollowUps
-from .permissions import PendingPermissions
+from .permissions import PendingPermissions, Requests, answer
 
 log = logging.getLogger("imessage_channel.inbound")
 
@@ -81,6 +82,13 @@ already unsent; Messages' notices of group changes, of location sharing started 
 lives in Find My, not chat.db), of an audio message kept (the recording was delivered with its own message),
 of a SharePlay/FaceTime session, or of an `item_type` this version does not know. They stay visible in
 `chat_messages` history."""
+
+
+class Seen(Protocol):
+    """The delivery ledger as the pipeline reads it (`delivery.DeliveryLedger`; with several sessions the
+    reader's `handoff.SeenGuard`, which also counts rows in flight at another session)."""
+
+    def is_seen(self, guid: str) -> bool: ...
 
 
 @dataclass
@@ -140,10 +148,10 @@ class InboundPipeline:
     owner: frozenset[str]
     cursor: Cursor = field(default_factory=Cursor)
     echo: EchoFilter = field(default_factory=EchoFilter)
-    permissions: PendingPermissions = field(default_factory=PendingPermissions)
+    permissions: Requests = field(default_factory=PendingPermissions)
     allow_sms: bool = False
     dry_run: bool = False
-    ledger: DeliveryLedger | None = None
+    ledger: Seen | None = None
     catchup_window: timedelta = timedelta(hours=CATCHUP_HOURS)
     inbox: Inbox | None = None
     names: Names | None = None
@@ -184,14 +192,15 @@ class InboundPipeline:
         """The local time of the latest read (or of the start): where a re-anchor resumes."""
         return self.ages.last_read or self.ages.started
 
-    def resume(self, saved: Resume, most: int) -> None:
+    def resume(self, saved: Resume, most: int, *, handover: bool = False) -> None:
         """Take up where the delivery ledger left off (`saved`): the cursor (catching up on at most `most`
-        rows within the catch-up window), the recent deliveries' fingerprints, the last read's time."""
+        rows within the catch-up window; exactly at the saved watermark on a `handover` between sessions,
+        `Cursor.resume`), the recent deliveries' fingerprints, the last read's time."""
         for fingerprint in saved.recent:
             self.duplicates.remember(fingerprint)
         if saved.last_active is not None:
             self.ages.last_read = from_apple(saved.last_active)
-        self.cursor.resume(self.db, saved, self.clock.now(), self.catchup_window, most)
+        self.cursor.resume(self.db, saved, self.clock.now(), self.catchup_window, most, handover=handover)
 
     def snapshot(self) -> Snapshot:
         """What the delivery ledger saves after each batch (`DeliveryLedger.commit`)."""
@@ -242,10 +251,10 @@ class InboundPipeline:
         if self_chat and msg.kind not in (Kind.TAPBACK, Kind.TAPBACK_REMOVAL):
             if self.twins.is_twin(msg, msg.date or self.clock.now()):
                 return Verdict.DROP, Reason.SELF_CHAT_COPY, []
-            answer = self.permissions.answer(msg)
-            if answer is not None:
+            verdict = answer(msg, self.permissions)
+            if verdict is not None:
                 self.answered_in = msg.chat_guid
-                return Verdict.VERDICT, Reason.PERMISSION_REPLY, answer
+                return Verdict.VERDICT, Reason.PERMISSION_REPLY, verdict
         return self._gate(msg, self_chat)
 
     def _is_echo(self, msg: Message, self_chat: bool) -> bool:
