@@ -33,7 +33,7 @@ import os
 import plistlib
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -285,7 +285,7 @@ class MessagesSimulator:
         join: bool = True,
         attachment_joins: bool = True,
         transfer_runs: bool = True,
-        extra: dict[str, object] | None = None,
+        extra: Mapping[str, object] | None = None,
     ) -> RowRef:
         service = service or (chat.service if chat and chat.service != "any" else "iMessage")
         when = date or self.clock()
