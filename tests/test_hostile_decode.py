@@ -363,7 +363,6 @@ def a_message(**fields: object) -> Message:
         "guid": UUID_UPPER,
         "chat_guid": f"iMessage;-;{FRIEND}",
         "chat_style": 45,
-        "chat_rowid": 1,
         "handle": FRIEND,
         "sender": FRIEND,
         "service": "iMessage",
