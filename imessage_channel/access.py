@@ -608,16 +608,17 @@ class AccessStore:
         if static:
             self._try_boot()
 
-    def _try_boot(self) -> None:
-        """Static mode: freeze the first configuration read. An unreadable file is retried at each `load`
-        until it can be read once."""
+    def _try_boot(self) -> Access | None:
+        """Static mode: freeze the first configuration read and return it (None while the file is unreadable:
+        it is retried at each `load` until it can be read once)."""
         boot, problem = self._examine(holding_lock=False)
         if problem is not None:
-            return
+            return None
         if boot.dm_policy is DmPolicy.PAIRING:
             log.warning('static mode: dmPolicy "pairing" downgraded to "allowlist"')
             boot = replace(boot, dm_policy=DmPolicy.ALLOWLIST)
         self._boot = replace(boot, pending={})
+        return self._boot
 
     def load(self, *, strict: bool = False) -> Access:
         """The current access (defaults when the file is missing or unreadable); never raises unless
@@ -626,9 +627,9 @@ class AccessStore:
         if self._boot is not None:
             return self._boot
         if self.static:
-            self._try_boot()
-            if self._boot is not None:
-                return self._boot
+            boot = self._try_boot()
+            if boot is not None:
+                return boot
         access, problem = self._examine(holding_lock=False)
         if strict and problem is not None:
             raise problem

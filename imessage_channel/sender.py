@@ -35,7 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import SimpleQueue
-from typing import Any, Protocol
+from types import ModuleType
+from typing import Protocol
 
 from imessage_channel.clock import SYSTEM, Clock
 from imessage_channel.handles import CHAT_SERVICES, ChatGuid, is_email
@@ -282,6 +283,14 @@ class _Job:
     error: SendError | None = None
 
 
+class _CompiledScript(Protocol):
+    """What `AppleScriptBackend` uses of a py-applescript `AppleScript` (the module ships no type information)."""
+
+    def run(self, *args: str) -> object:
+        """Run the script's `run` handler with `args`; its result."""
+        ...
+
+
 class AppleScriptBackend:
     """Runs scripts in-process with py-applescript (`applescript.AppleScript(source).run(*args)`).
 
@@ -297,8 +306,8 @@ class AppleScriptBackend:
 
     def __init__(self) -> None:
         self._jobs: SimpleQueue[_Job] = SimpleQueue()
-        self._compiled: dict[str, Any] = {}
-        self._module: Any = None
+        self._compiled: dict[str, _CompiledScript] = {}
+        self._module: ModuleType | None = None
         self._worker: threading.Thread | None = None
         self._worker_lock = threading.Lock()
 

@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from pathlib import Path
@@ -237,7 +237,8 @@ def check_backend(
 def check_automation(self_chat: str | None, sender: Sender) -> Check:
     """Send `TEST_MESSAGE` to self-chat: proves the Automation permission for Messages. Off macOS
     (`sys.platform`), where AppleScript does not exist, it says so instead of trying."""
-    if sys.platform != "darwin":
+    platform: str = sys.platform  # read at each call, so a test can set it; a plain str keeps both branches checked
+    if platform != "darwin":
         return _fail(
             AUTOMATION,
             "sending needs AppleScript, which only macOS has",
@@ -360,8 +361,8 @@ def check_access(state: Path, allow_sms: bool = False, region: str | None = None
 # --- the channel self-check --------------------------------------------------------------------
 
 
-def _pump(stream: object, out: queue.Queue[bytes | None]) -> None:
-    for line in stream:  # type: ignore[attr-defined]
+def _pump(stream: Iterable[bytes], out: queue.Queue[bytes | None]) -> None:
+    for line in stream:
         out.put(line)
     out.put(None)
 
