@@ -730,24 +730,11 @@ class ChatDB:
             """The value of one `_OPTIONAL_MESSAGE_COLUMNS` column, as SQLite stored it (of any type)."""
             return col[_IDX[name]]
 
-        text_col = get("text")
-        transfers: tuple[str, ...] = ()
-        raw = text_col if isinstance(text_col, str) and text_col else None
-        body = get("attributedBody")
-        if body:
-            decoded = decode_attributed_body(bytes(body))
-            if decoded is not None:
-                transfers = decoded.file_transfer_guids
-                if raw is None:
-                    raw = decoded.text
+        raw, transfers = _raw_text(get("text"), get("attributedBody"))
         text = clean_text(raw)
         placeholders = raw.count(OBJECT_REPLACEMENT) if raw and not get("balloon_bundle_id") else 0
         is_from_me = bool(get("is_from_me"))
-        account = get("account") or None
-        sender: str | None = handle
-        if is_from_me:
-            acct = strip_account_prefix(str(account)) if account else ""
-            sender = normalize_handle(acct) if acct else None
+        sender = _sender_of(get("account")) if is_from_me else handle
         assoc_type = int(get("associated_message_type") or 0)
         item_type = int(get("item_type") or 0)
         thread = get("thread_originator_guid") or None
@@ -1053,6 +1040,25 @@ _LEAD = 5
 GUID and style."""
 
 _IDX = {name: i for i, name in enumerate(_OPTIONAL_MESSAGE_COLUMNS)}
+
+
+def _raw_text(text: Any, body: Any) -> tuple[str | None, tuple[str, ...]]:
+    """A row's text before `clean_text` (the `text` column, else the decoded `attributedBody`; None when neither
+    has any) and the attributedBody's file-transfer GUIDs."""
+    raw = text if isinstance(text, str) and text else None
+    if not body:
+        return raw, ()
+    decoded = decode_attributed_body(bytes(body))
+    if decoded is None:
+        return raw, ()
+    return (decoded.text if raw is None else raw), decoded.file_transfer_guids
+
+
+def _sender_of(account: Any) -> str | None:
+    """Who wrote a sent row: the owner's address in its `account` (service prefix stripped, normalised), or
+    None when that holds none. (A sent row's `handle` is the other party, never its sender.)"""
+    acct = strip_account_prefix(str(account)) if account else ""
+    return normalize_handle(acct) if acct else None
 
 
 def _attachment(cols: Sequence[Any]) -> Attachment:
