@@ -840,13 +840,3 @@ def discard_approval(state: Path, sender: str) -> None:
     """Delete `approved/<sender>` (missing is fine). Raises `ValueError` for an unusable sender id."""
     with contextlib.suppress(FileNotFoundError):
         _approval_path(state, sender).unlink()
-
-
-def consume_approval(state: Path, sender: str) -> str | None:
-    """Read and delete `approved/<sender>`; return the chat GUID it holds (stripped), or None when the
-    file is empty, unreadable or gone. The caller sends `PAIRED_CONFIRMATION` to that chat (the
-    official server deletes the file whether or not that send succeeds), after checking it against the
-    gate: a file in the state dir is no proof of a pairing (see `inbound.InboundPipeline.approvals`)."""
-    chat = read_approval(state, sender)
-    discard_approval(state, sender)
-    return chat

@@ -267,11 +267,6 @@ class Message:
         return max(self.placeholders - len(self.attachments), len(set(self.transfer_guids) - joined), 0)
 
     @property
-    def expected_files(self) -> int:
-        """Files the message has: those joined plus `files_missing`."""
-        return len(self.attachments) + self.files_missing
-
-    @property
     def attachments_pending(self) -> bool:
         """True when some of the message's files are not joined yet (`files_missing`)."""
         return self.files_missing > 0
@@ -643,11 +638,6 @@ class ChatDB:
         """The ROWID of the message with this GUID (`message.guid` is UNIQUE), or None."""
         row = self._query("SELECT ROWID FROM message WHERE guid = ?", (guid,))
         return int(row[0][0]) if row else None
-
-    def guid_at(self, rowid: int) -> str | None:
-        """`message.guid` of the row with this ROWID, or None."""
-        row = self._query("SELECT guid FROM message WHERE ROWID = ?", (rowid,))
-        return str(row[0][0]) if row else None
 
     def first_rowid_since(self, apple_ns: int) -> int | None:
         """The lowest ROWID dated at or after `apple_ns` (Apple epoch ns), via `message_idx_date`."""
