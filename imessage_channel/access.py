@@ -608,16 +608,17 @@ class AccessStore:
         if static:
             self._try_boot()
 
-    def _try_boot(self) -> None:
-        """Static mode: freeze the first configuration read. An unreadable file is retried at each `load`
-        until it can be read once."""
+    def _try_boot(self) -> Access | None:
+        """Static mode: freeze the first configuration read and return it (None while the file is unreadable:
+        it is retried at each `load` until it can be read once)."""
         boot, problem = self._examine(holding_lock=False)
         if problem is not None:
-            return
+            return None
         if boot.dm_policy is DmPolicy.PAIRING:
             log.warning('static mode: dmPolicy "pairing" downgraded to "allowlist"')
             boot = replace(boot, dm_policy=DmPolicy.ALLOWLIST)
         self._boot = replace(boot, pending={})
+        return self._boot
 
     def load(self, *, strict: bool = False) -> Access:
         """The current access (defaults when the file is missing or unreadable); never raises unless
@@ -626,9 +627,9 @@ class AccessStore:
         if self._boot is not None:
             return self._boot
         if self.static:
-            self._try_boot()
-            if self._boot is not None:
-                return self._boot
+            boot = self._try_boot()
+            if boot is not None:
+                return boot
         access, problem = self._examine(holding_lock=False)
         if strict and problem is not None:
             raise problem
@@ -839,13 +840,3 @@ def discard_approval(state: Path, sender: str) -> None:
     """Delete `approved/<sender>` (missing is fine). Raises `ValueError` for an unusable sender id."""
     with contextlib.suppress(FileNotFoundError):
         _approval_path(state, sender).unlink()
-
-
-def consume_approval(state: Path, sender: str) -> str | None:
-    """Read and delete `approved/<sender>`; return the chat GUID it holds (stripped), or None when the
-    file is empty, unreadable or gone. The caller sends `PAIRED_CONFIRMATION` to that chat (the
-    official server deletes the file whether or not that send succeeds), after checking it against the
-    gate: a file in the state dir is no proof of a pairing (see `inbound.InboundPipeline.approvals`)."""
-    chat = read_approval(state, sender)
-    discard_approval(state, sender)
-    return chat

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import plistlib
 import re
 import sqlite3
 import stat
@@ -32,16 +31,21 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Any, TypeAlias
 
 from .appletime import APPLE_EPOCH, from_apple
 from .handles import STYLE_DM, STYLE_GROUP, normalize_handle, strip_account_prefix
 from .typedstream import decode_attributed_body
 
 log = logging.getLogger(__name__)
+
+Row: TypeAlias = tuple[Any, ...]
+"""One fetched row: SQLite values are typed per row, not per column, so each value is read with a check or a
+coercion where it is used."""
 
 OBJECT_REPLACEMENT = "\ufffc"
 """U+FFFC: the placeholder Messages puts in the text for each attachment (and each inline sticker)."""
@@ -212,7 +216,7 @@ class Message:
     """One `message` row, decoded.
 
     - `rowid`: message.ROWID (monotonic per database; the watermark).
-    - `chat_guid`/`chat_style`/`chat_rowid`: from the row's `chat_message_join`; None while Messages
+    - `chat_guid`/`chat_style`: from the row's `chat_message_join`; None while Messages
       has not written the join yet (a row can be visible before its join, design §5).
     - `handle`: `handle.id` of `message.handle_id` — the sender of an inbound row, the other party of a
       sent DM row, None when handle_id is 0.
@@ -233,7 +237,6 @@ class Message:
     guid: str
     chat_guid: str | None
     chat_style: int | None
-    chat_rowid: int | None
     handle: str | None
     sender: str | None
     service: str
@@ -244,16 +247,11 @@ class Message:
     attachments: tuple[Attachment, ...] = ()
     tapback: Tapback | None = None
     reply_to: str | None = None
-    account: str | None = None
-    destination_caller_id: str | None = None
     item_type: int = 0
     group_action_type: int = 0
     group_title: str | None = None
     share_status: bool = False
     date_edited: datetime | None = None
-    date_retracted: datetime | None = None
-    edit_history: tuple[str, ...] = ()
-    mentions: tuple[str, ...] = field(default=())
     transfer_guids: tuple[str, ...] = ()
     is_audio_message: bool = False
     placeholders: int = 0
@@ -267,11 +265,6 @@ class Message:
         client, so a caller that waits on this must bound the wait."""
         joined = {a.guid for a in self.attachments}
         return max(self.placeholders - len(self.attachments), len(set(self.transfer_guids) - joined), 0)
-
-    @property
-    def expected_files(self) -> int:
-        """Files the message has: those joined plus `files_missing`."""
-        return len(self.attachments) + self.files_missing
 
     @property
     def attachments_pending(self) -> bool:
@@ -387,35 +380,6 @@ def clean_text(text: str | None) -> str:
     return text.replace(OBJECT_REPLACEMENT, "").strip()
 
 
-def decode_edit_history(summary_info: bytes | None) -> tuple[str, ...]:
-    """Texts of earlier versions of an edited message, oldest first.
-
-    `message_summary_info` is a binary plist (Ventura+); its `ec` key maps a part index to a list of
-    `{d: date, t: attributedBody}` dicts (imessage-exporter's `EditedMessage` docs). Never raises:
-    undecodable input yields ().
-    """
-    if not summary_info:
-        return ()
-    try:
-        info = plistlib.loads(summary_info)
-    except Exception:
-        return ()
-    edits = info.get("ec") if isinstance(info, dict) else None
-    if not isinstance(edits, dict):
-        return ()
-    texts: list[str] = []
-    for part in sorted(edits, key=str):
-        versions = edits[part]
-        if not isinstance(versions, list):
-            continue
-        for version in versions:
-            blob = version.get("t") if isinstance(version, dict) else None
-            decoded = decode_attributed_body(blob) if isinstance(blob, bytes) else None
-            if decoded is not None:
-                texts.append(clean_text(decoded.text))
-    return tuple(texts)
-
-
 def classify(
     *,
     text: str,
@@ -459,7 +423,6 @@ _OPTIONAL_MESSAGE_COLUMNS = (
     "is_from_me",
     "date",
     "account",
-    "destination_caller_id",
     "associated_message_guid",
     "associated_message_type",
     "associated_message_emoji",
@@ -470,7 +433,6 @@ _OPTIONAL_MESSAGE_COLUMNS = (
     "share_status",
     "date_edited",
     "date_retracted",
-    "message_summary_info",
     "cache_has_attachments",
     "is_audio_message",
     "balloon_bundle_id",
@@ -579,7 +541,7 @@ class ChatDB:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
         """Run one statement and fetch every row (so no read transaction outlives the call).
 
         `SQLITE_BUSY`/locked is retried with backoff for about two seconds in all (on top of the
@@ -608,7 +570,7 @@ class ChatDB:
                     raise ChatDBError(f"Reading {self.path} failed: {exc}") from exc
             raise AssertionError("unreachable")
 
-    def _lenient_locked(self, sql: str, params: Sequence[object]) -> list[tuple]:
+    def _lenient_locked(self, sql: str, params: Sequence[object]) -> list[Row]:
         """Run `sql` with TEXT values decoded leniently (invalid UTF-8 → U+FFFD); said once per connection."""
         assert self._conn is not None
         if not self._told_lenient:
@@ -644,7 +606,7 @@ class ChatDB:
     def _build_select(self) -> str:
         cols = [f"m.{c}" if c in self._columns else f"NULL AS {c}" for c in _OPTIONAL_MESSAGE_COLUMNS]
         return (
-            "SELECT m.ROWID, m.guid, h.id, c.ROWID, c.guid, c.style, " + ", ".join(cols) + " FROM message m"
+            "SELECT m.ROWID, m.guid, h.id, c.guid, c.style, " + ", ".join(cols) + " FROM message m"
             " LEFT JOIN handle h ON h.ROWID = m.handle_id"
             " LEFT JOIN chat c ON c.ROWID ="
             " (SELECT chat_id FROM chat_message_join WHERE message_id = m.ROWID ORDER BY chat_id LIMIT 1)"
@@ -676,11 +638,6 @@ class ChatDB:
         """The ROWID of the message with this GUID (`message.guid` is UNIQUE), or None."""
         row = self._query("SELECT ROWID FROM message WHERE guid = ?", (guid,))
         return int(row[0][0]) if row else None
-
-    def guid_at(self, rowid: int) -> str | None:
-        """`message.guid` of the row with this ROWID, or None."""
-        row = self._query("SELECT guid FROM message WHERE ROWID = ?", (rowid,))
-        return str(row[0][0]) if row else None
 
     def first_rowid_since(self, apple_ns: int) -> int | None:
         """The lowest ROWID dated at or after `apple_ns` (Apple epoch ns), via `message_idx_date`."""
@@ -742,9 +699,9 @@ class ChatDB:
         msgs.sort(key=lambda m: (m.date or APPLE_EPOCH, m.rowid))
         return msgs
 
-    def _decode_rows(self, rows: list[tuple]) -> list[Message]:
+    def _decode_rows(self, rows: list[Row]) -> list[Message]:
         attachments = self._attachments_for(
-            [r[0] for r in rows if r[6 + _IDX["cache_has_attachments"]] or r[6 + _IDX["attributedBody"]]]
+            [r[0] for r in rows if r[_LEAD + _IDX["cache_has_attachments"]] or r[_LEAD + _IDX["attributedBody"]]]
         )
         out: list[Message] = []
         for r in rows:
@@ -755,33 +712,19 @@ class ChatDB:
                 out.append(_unreadable(r))
         return out
 
-    def _decode_row(self, r: tuple, attachments: tuple[Attachment, ...]) -> Message:
-        rowid, guid, handle, chat_rowid, chat_guid, chat_style = r[:6]
-        col = r[6:]
+    def _decode_row(self, r: Row, attachments: tuple[Attachment, ...]) -> Message:
+        rowid, guid, handle, chat_guid, chat_style = r[:_LEAD]
+        col = r[_LEAD:]
 
-        def get(name: str) -> object:
+        def get(name: str) -> Any:
+            """The value of one `_OPTIONAL_MESSAGE_COLUMNS` column, as SQLite stored it (of any type)."""
             return col[_IDX[name]]
 
-        text_col = get("text")
-        mentions: tuple[str, ...] = ()
-        transfers: tuple[str, ...] = ()
-        raw = text_col if isinstance(text_col, str) and text_col else None
-        body = get("attributedBody")
-        if body:
-            decoded = decode_attributed_body(bytes(body))  # type: ignore[arg-type]
-            if decoded is not None:
-                mentions = decoded.mentions
-                transfers = decoded.file_transfer_guids
-                if raw is None:
-                    raw = decoded.text
+        raw, transfers = _raw_text(get("text"), get("attributedBody"))
         text = clean_text(raw)
         placeholders = raw.count(OBJECT_REPLACEMENT) if raw and not get("balloon_bundle_id") else 0
         is_from_me = bool(get("is_from_me"))
-        account = get("account") or None
-        sender: str | None = handle
-        if is_from_me:
-            acct = strip_account_prefix(str(account)) if account else ""
-            sender = normalize_handle(acct) if acct else None
+        sender = _sender_of(get("account")) if is_from_me else handle
         assoc_type = int(get("associated_message_type") or 0)
         item_type = int(get("item_type") or 0)
         thread = get("thread_originator_guid") or None
@@ -792,9 +735,9 @@ class ChatDB:
             has_attachments=bool(attachments) or placeholders > 0 or bool(transfers),
             assoc_type=assoc_type,
             item_type=item_type,
-            thread_originator_guid=thread,  # type: ignore[arg-type]
-            date_edited=date_edited,  # type: ignore[arg-type]
-            date_retracted=date_retracted,  # type: ignore[arg-type]
+            thread_originator_guid=thread,
+            date_edited=date_edited,
+            date_retracted=date_retracted,
         )
         emoji = get("associated_message_emoji")
         return Message(
@@ -802,27 +745,21 @@ class ChatDB:
             guid=guid,
             chat_guid=chat_guid,
             chat_style=chat_style,
-            chat_rowid=chat_rowid,
             handle=handle,
             sender=sender,
             service=str(get("service") or ""),
             is_from_me=is_from_me,
-            date=from_apple(get("date")),  # type: ignore[arg-type]
+            date=from_apple(get("date")),
             text=text,
             kind=kind,
             attachments=attachments,
-            tapback=tapback_of(assoc_type, get("associated_message_guid"), emoji),  # type: ignore[arg-type]
+            tapback=tapback_of(assoc_type, get("associated_message_guid"), emoji),
             reply_to=message_guid(thread),
-            account=account,  # type: ignore[arg-type]
-            destination_caller_id=get("destination_caller_id") or None,  # type: ignore[arg-type]
             item_type=item_type,
             group_action_type=int(get("group_action_type") or 0),
-            group_title=get("group_title") or None,  # type: ignore[arg-type]
+            group_title=get("group_title") or None,
             share_status=bool(get("share_status")),
-            date_edited=from_apple(date_edited),  # type: ignore[arg-type]
-            date_retracted=from_apple(date_retracted),  # type: ignore[arg-type]
-            edit_history=decode_edit_history(get("message_summary_info")) if date_edited else (),  # type: ignore[arg-type]
-            mentions=mentions,
+            date_edited=from_apple(date_edited),
             transfer_guids=transfers,
             is_audio_message=bool(get("is_audio_message")),
             placeholders=placeholders,
@@ -1049,7 +986,7 @@ class ChatDB:
         return [self._sent_row(r) for r in rows]
 
     @staticmethod
-    def _sent_row(r: tuple) -> tuple[int, str, str, str, int, bool, bool, int, int]:
+    def _sent_row(r: Row) -> tuple[int, str, str, str, int, bool, bool, int, int]:
         """One `sent_rows` result from its selected columns (text decoded; a value of an unexpected type,
         which only a damaged file holds, reads as 0 / "")."""
         rowid, guid, chat_guid, text, blob, error, is_sent, delivered, date_delivered, when = r
@@ -1088,21 +1025,44 @@ class ChatDB:
         return out
 
 
+_LEAD = 5
+"""Columns `ChatDB._build_select` puts before `_OPTIONAL_MESSAGE_COLUMNS`: message ROWID and GUID, handle, chat
+GUID and style."""
+
 _IDX = {name: i for i, name in enumerate(_OPTIONAL_MESSAGE_COLUMNS)}
 
 
-def _attachment(cols: Sequence[object]) -> Attachment:
+def _raw_text(text: Any, body: Any) -> tuple[str | None, tuple[str, ...]]:
+    """A row's text before `clean_text` (the `text` column, else the decoded `attributedBody`; None when neither
+    has any) and the attributedBody's file-transfer GUIDs."""
+    raw = text if isinstance(text, str) and text else None
+    if not body:
+        return raw, ()
+    decoded = decode_attributed_body(bytes(body))
+    if decoded is None:
+        return raw, ()
+    return (decoded.text if raw is None else raw), decoded.file_transfer_guids
+
+
+def _sender_of(account: Any) -> str | None:
+    """Who wrote a sent row: the owner's address in its `account` (service prefix stripped, normalised), or
+    None when that holds none. (A sent row's `handle` is the other party, never its sender.)"""
+    acct = strip_account_prefix(str(account)) if account else ""
+    return normalize_handle(acct) if acct else None
+
+
+def _attachment(cols: Sequence[Any]) -> Attachment:
     """An `Attachment` from the columns `ChatDB._attachment_cols` selects."""
     arow, aguid, fname, mime, uti, tname, tstate, size, is_sticker = cols
     return Attachment(
-        rowid=int(arow),  # type: ignore[call-overload]
+        rowid=int(arow),
         guid=str(aguid),
         path=os.path.expanduser(str(fname)) if fname else None,
-        mime_type=mime,  # type: ignore[arg-type]
-        uti=uti,  # type: ignore[arg-type]
-        transfer_name=tname,  # type: ignore[arg-type]
-        transfer_state=int(tstate or 0),  # type: ignore[call-overload]
-        total_bytes=int(size or 0),  # type: ignore[call-overload]
+        mime_type=mime,
+        uti=uti,
+        transfer_name=tname,
+        transfer_state=int(tstate or 0),
+        total_bytes=int(size or 0),
         is_sticker=bool(is_sticker),
     )
 
@@ -1112,16 +1072,15 @@ def _lenient(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
 
 
-def _unreadable(r: tuple) -> Message:
+def _unreadable(r: Row) -> Message:
     """The stand-in for a row `_decode_row` could not decode: its ROWID (so the watermark moves past it), its
     GUID and chat if they are plain values, kind `UNREADABLE`."""
-    rowid, guid, _handle, chat_rowid, chat_guid, chat_style = r[:6]
+    rowid, guid, _handle, chat_guid, chat_style = r[:_LEAD]
     return Message(
         rowid=int(rowid),
         guid=guid if isinstance(guid, str) else f"unreadable-{rowid}",
         chat_guid=chat_guid if isinstance(chat_guid, str) else None,
         chat_style=chat_style if isinstance(chat_style, int) else None,
-        chat_rowid=chat_rowid if isinstance(chat_rowid, int) else None,
         handle=None,
         sender=None,
         service="",

@@ -57,12 +57,15 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 from .clock import SYSTEM, Clock
 from .handles import HandleError, Region, normalize_handle, parse_handle, valid_region
 
 log = logging.getLogger(__name__)
+
+_Row: TypeAlias = tuple[Any, ...]
+"""One fetched row of a Contacts store: SQLite values are typed per row, so each is checked where it is read."""
 
 DEFAULT_ADDRESSBOOK_DIR = Path("~/Library/Application Support/AddressBook")
 """Where Contacts keeps its stores (the main one, and `Sources/<UUID>/` per account)."""
@@ -286,7 +289,7 @@ def _missing_columns(conn: sqlite3.Connection) -> list[str]:
     return missing
 
 
-def _fetch(conn: sqlite3.Connection, sql: str) -> list[tuple]:
+def _fetch(conn: sqlite3.Connection, sql: str) -> list[_Row]:
     """All rows of `sql`; TEXT that is not valid UTF-8 is read with U+FFFD instead of failing the statement."""
     try:
         return conn.execute(sql).fetchall()
@@ -318,7 +321,7 @@ def display_name(first: str, last: str, org: str) -> str:
     return f"{first} {last}".strip() or org
 
 
-def _cards(records: Iterable[tuple], phones: Iterable[tuple], emails: Iterable[tuple]) -> list[_Card]:
+def _cards(records: Iterable[_Row], phones: Iterable[_Row], emails: Iterable[_Row]) -> list[_Card]:
     """Join the three tables' rows into `_Card`s, in `records` order (the loader sorts by `Z_PK`). Written for
     speed (the load of a 5 000-contact store is mostly this): no call per value for plain TEXT, and name parts
     are only cleaned for records that own a handle."""

@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TextIO
 
 from . import statefile
 from .appletime import to_apple_ns
@@ -190,7 +191,7 @@ class DeliveryLedger:
         self._lock = threading.Lock()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._inflight: dict[str, int] = {}
-        self._log: object | None = None
+        self._log: TextIO | None = None
         self.writable = True
 
     # -- start -------------------------------------------------------------------------------------
@@ -256,8 +257,8 @@ class DeliveryLedger:
                     if self._log is None:
                         self.state_dir.mkdir(parents=True, exist_ok=True)
                         self._log = self.log_path.open("a", encoding="utf-8")
-                    self._log.write(guid + "\n")  # type: ignore[attr-defined]
-                    self._log.flush()  # type: ignore[attr-defined]
+                    self._log.write(guid + "\n")
+                    self._log.flush()
                 except OSError as exc:
                     self._unwritable(exc)
 
@@ -288,8 +289,8 @@ class DeliveryLedger:
             try:
                 statefile.atomic_write(self.path, json.dumps(data).encode("utf-8"))
                 if self._log is not None:
-                    self._log.truncate(0)  # type: ignore[attr-defined]
-                    self._log.seek(0)  # type: ignore[attr-defined]
+                    self._log.truncate(0)
+                    self._log.seek(0)
                 else:
                     with contextlib.suppress(FileNotFoundError):
                         self.log_path.unlink()

@@ -131,12 +131,6 @@ def normalize_handle(value: str) -> str:
     return v.lower()
 
 
-def same_handle(a: str, b: str) -> bool:
-    """True when two handles name the same address under `normalize_handle`."""
-    na, nb = normalize_handle(a), normalize_handle(b)
-    return bool(na) and na == nb
-
-
 # --- what a person types: parse_handle ------------------------------------------------------------------
 
 HANDLE_HINT = (
@@ -262,6 +256,8 @@ def region_of_number(handle: str) -> str | None:
     try:
         number = phonenumbers.parse(handle, None)
     except NumberParseException:
+        return None
+    if number.country_code is None:
         return None
     return valid_region(phonenumbers.region_code_for_country_code(number.country_code))
 

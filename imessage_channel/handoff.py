@@ -60,7 +60,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, TextIO, TypeAlias, TypedDict
 
 from . import statefile
 from .sessions import Registry, SessionInfo, sessions_dir
@@ -103,6 +103,39 @@ def _guarded(callback: Callable[..., None], *args: Any) -> None:
         log.exception("handoff: callback %s failed", getattr(callback, "__name__", callback))
 
 
+class WireEvent(TypedDict):
+    """A `RoutedEvent` on the socket (`RoutedEvent.to_wire`)."""
+
+    id: str
+    method: str
+    params: dict[str, Any]
+    rowid: int
+
+
+class _Hello(TypedDict):
+    op: Literal["hello"]
+    reader: str
+
+
+class _Pending(TypedDict):
+    op: Literal["pending"]
+    events: list[WireEvent]
+
+
+class _Event(TypedDict):
+    op: Literal["event"]
+    event: WireEvent
+
+
+class _Ack(TypedDict):
+    op: Literal["ack"]
+    id: str
+
+
+_Outgoing: TypeAlias = _Hello | _Pending | _Event | _Ack
+"""The messages either side writes (see the module docstring); what arrives is checked field by field."""
+
+
 class TargetGone(RuntimeError):
     """`Dispatcher.send` to a session known to be dead: route the event elsewhere."""
 
@@ -119,7 +152,8 @@ class RoutedEvent:
     params: dict[str, Any]
     rowid: int = 0
 
-    def to_wire(self) -> dict[str, Any]:
+    def to_wire(self) -> WireEvent:
+        """The event as it travels on the socket (`from_wire` reads it back)."""
         return {"id": self.id, "method": self.method, "params": self.params, "rowid": self.rowid}
 
     @classmethod
@@ -184,7 +218,7 @@ def socket_path(state_dir: Path, sid: str) -> str:
     return str(_short_dir() / f"{sid}.sock")
 
 
-def _encode(obj: dict[str, Any]) -> bytes:
+def _encode(obj: _Outgoing) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
@@ -243,7 +277,7 @@ class DeliveredLog:
     def __init__(self, path: Path, keep: int = KEEP_LINES) -> None:
         self.path = path
         self.keep = keep
-        self._fh: Any = None
+        self._fh: TextIO | None = None
         self._lines = 0
         self.failed = False
 
@@ -271,7 +305,8 @@ class DeliveredLog:
         data = self.path.read_bytes()
         lines = [line for line in data.splitlines(keepends=True) if not line.startswith(b"#")][-self.keep :]
         statefile.atomic_write(self.path, _header().encode() + b"".join(lines))
-        self._fh.close()
+        if self._fh is not None:  # always open here: `append` rotates after writing
+            self._fh.close()
         self._fh = open(self.path, "a", encoding="ascii")  # noqa: SIM115
         self._lines = len(lines)
 
@@ -413,7 +448,7 @@ class Inbox:
         self._current: socket.socket | None = None
         self._local = False
         self._stopping = False
-        self._out: queue.SimpleQueue[tuple[socket.socket, dict[str, Any]] | None] = queue.SimpleQueue()
+        self._out: queue.SimpleQueue[tuple[socket.socket, _Outgoing] | None] = queue.SimpleQueue()
         statefile.ensure_private_dir(sessions_dir(state_dir))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.address)

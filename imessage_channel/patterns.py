@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Protocol
 
 import re2
 
@@ -68,8 +68,16 @@ def _translate(pattern: str) -> str:
     return "".join(out)
 
 
+class CompiledPattern(Protocol):
+    """What this module uses of a compiled RE2 regex (google-re2 ships no type information)."""
+
+    def search(self, data: bytes) -> object | None:
+        """The first match in `data` (UTF-8), or None."""
+        ...
+
+
 @lru_cache(maxsize=256)
-def compile_pattern(pattern: str) -> Any:
+def compile_pattern(pattern: str) -> CompiledPattern:
     """The compiled, case-insensitive RE2 regex for one `mentionPatterns` entry.
 
     Raises `PatternError` (RE2's reason in the message) when RE2 cannot compile it: bad syntax,
@@ -77,12 +85,13 @@ def compile_pattern(pattern: str) -> Any:
     Results are cached (256 patterns); errors are not.
     """
     try:
-        return re2.compile(_translate(pattern), _OPTIONS)
+        compiled: CompiledPattern = re2.compile(_translate(pattern), _OPTIONS)
     except re2.error as exc:
         reason = exc.args[0] if exc.args else exc
         if isinstance(reason, bytes):
             reason = reason.decode("utf-8", "replace")
         raise PatternError(str(reason)) from None
+    return compiled
 
 
 def pattern_error(pattern: str) -> str | None:

@@ -12,6 +12,7 @@ A fix may name the row's `{handle}` or `{chat}`; `Reason.fix_for` fills them in.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import overload
 
 
 class Verdict(StrEnum):
@@ -38,7 +39,13 @@ class Reason(StrEnum):
     words: str
     fix: str
 
-    def __new__(cls, value: str, words: str, fix: str = "") -> Reason:
+    @overload
+    def __new__(cls, value: str) -> Reason: ...  # `Reason("sms")`: the member with that value (Enum's lookup)
+
+    @overload
+    def __new__(cls, value: str, words: str, fix: str = "") -> Reason: ...  # defining a member
+
+    def __new__(cls, value: str, words: str = "", fix: str = "") -> Reason:
         member = str.__new__(cls, value)
         member._value_ = value
         member.words = words

@@ -103,7 +103,8 @@ def parse_address(text: str) -> Address | None:
         return None
     name = m.group(1).rstrip(".")
     rest = text[m.start(1) + len(name) :]
-    return Address(name, rest[_LEAD.match(rest).end() :])  # type: ignore[union-attr]
+    lead = _LEAD.match(rest)  # always matches, possibly empty
+    return Address(name, rest[lead.end() if lead else 0 :])
 
 
 def chat_key(chat_guid: str) -> str:
@@ -157,8 +158,9 @@ def _fallback(
 ) -> tuple[Decision, SessionInfo, str | None]:
     """Where an unaddressed text goes: (decision, target, note). `live` is ordered by start."""
     by_id = {s.id: s for s in live}
-    if follows in by_id:
-        return Decision.FOLLOW_UP, by_id[follows], None  # type: ignore[index]
+    followed = by_id.get(follows) if follows is not None else None
+    if followed is not None:
+        return Decision.FOLLOW_UP, followed, None
     pin = pinned_name(chat, pins)
     pinned = find_session(live, pin) if pin else None
     if pinned is not None:

@@ -35,7 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import SimpleQueue
-from typing import Any, Protocol
+from types import ModuleType
+from typing import Protocol
 
 from imessage_channel.clock import SYSTEM, Clock
 from imessage_channel.handles import CHAT_SERVICES, ChatGuid, is_email
@@ -176,17 +177,10 @@ class SendError(Exception):
 
 @dataclass(frozen=True)
 class SendResult:
-    """Outcome of `Sender.send`.
+    """Outcome of `Sender.send`: every part was handed to Messages (a failure raises `SendError`).
+    `parts_total` counts them, texts and files."""
 
-    `guid_used` is the chat GUID form Messages accepted (it can differ from the one asked for on
-    macOS 26), or `participant:<handle>` when the DM went through the participant fallback.
-    `texts` are the text parts exactly as sent (signature included), for the echo filter.
-    """
-
-    parts_sent: int
     parts_total: int
-    guid_used: str
-    texts: tuple[str, ...] = ()
 
 
 # --- backends ----------------------------------------------------------------------------------
@@ -289,6 +283,14 @@ class _Job:
     error: SendError | None = None
 
 
+class _CompiledScript(Protocol):
+    """What `AppleScriptBackend` uses of a py-applescript `AppleScript` (the module ships no type information)."""
+
+    def run(self, *args: str) -> object:
+        """Run the script's `run` handler with `args`; its result."""
+        ...
+
+
 class AppleScriptBackend:
     """Runs scripts in-process with py-applescript (`applescript.AppleScript(source).run(*args)`).
 
@@ -304,8 +306,8 @@ class AppleScriptBackend:
 
     def __init__(self) -> None:
         self._jobs: SimpleQueue[_Job] = SimpleQueue()
-        self._compiled: dict[str, Any] = {}
-        self._module: Any = None
+        self._compiled: dict[str, _CompiledScript] = {}
+        self._module: ModuleType | None = None
         self._worker: threading.Thread | None = None
         self._worker_lock = threading.Lock()
 
@@ -709,10 +711,9 @@ class Sender:
                 raise SendError("nothing to send: the text is empty and no files were given")
             staged = self._stage_all(files, first=len(texts) + 1, total=total)
             parts = [_Part(t) for t in texts] + [_Part(str(p), p) for p in staged]
-            guid_used = chat_guid
             for k, part in enumerate(parts, start=1):
                 try:
-                    guid_used = self._deliver(chat_guid, part.payload, file=part.file is not None)
+                    self._deliver(chat_guid, part.payload, file=part.file is not None)
                 except SendError as exc:
                     self._discard([p.file for p in parts[k:] if p.file is not None])
                     what = f"part {k} (file {part.file.name})" if part.file is not None else f"part {k}"
@@ -723,7 +724,7 @@ class Sender:
                         sent_parts=k - 1,
                         transient=exc.transient,
                     ) from exc
-            return SendResult(total, total, guid_used, tuple(texts))
+            return SendResult(total)
 
     def check_file(self, name: str) -> Path:
         """Check that `name` may be sent now; return its resolved path. Raises `SendError` if not.
@@ -887,9 +888,9 @@ class Sender:
         for copy in staged:
             shutil.rmtree(copy.parent, ignore_errors=True)
 
-    def _deliver(self, chat_guid: str, payload: str, *, file: bool) -> str:
+    def _deliver(self, chat_guid: str, payload: str, *, file: bool) -> None:
         """Run the send script for `payload` against each GUID form until one is accepted;
-        remember the accepted form for this chat. Returns its label."""
+        remember the accepted form for this chat."""
         candidates = _targets(chat_guid)
         known = self._resolved.get(chat_guid)
         if known is not None:
@@ -908,7 +909,7 @@ class Sender:
                     raise SendError(AUTOMATION_HELP, code=ERR_NOT_AUTHORIZED) from exc
                 raise
             self._resolved[chat_guid] = target
-            return target.label
+            return
         detail = last.message if last is not None else ""
         raise SendError(
             f"Messages cannot find chat {chat_guid} (tried {', '.join(tried)}): {detail}",

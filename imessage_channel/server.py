@@ -318,6 +318,7 @@ class ChannelServer:
                 stop(f"parent process {parent} is gone")
 
             try:
+                # StdoutLines has the methods of anyio.AsyncFile that the SDK calls, but is no AsyncFile
                 transport = stdio_server(stdin=stdin, stdout=stdout)  # type: ignore[arg-type]
                 async with transport as (read, write), anyio.create_task_group() as tg:
                     tg.start_soon(serve, read, write)

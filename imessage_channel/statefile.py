@@ -68,11 +68,11 @@ class Unreadable(OSError):
         return f"cannot read {self.path} ({describe_error(self.cause)})"
 
 
-class Salvaged(ValueError):
+class Salvaged(ValueError, Generic[T]):
     """Raised by a `load` parser that found damage but kept what it could: `value` is used and the
     file is still moved aside (so nothing that was in it is lost); `reason` says what was wrong."""
 
-    def __init__(self, value: object, reason: str) -> None:
+    def __init__(self, value: T, reason: str) -> None:
         super().__init__(reason)
         self.value = value
         self.reason = reason
@@ -286,7 +286,7 @@ def load(
     try:
         return Loaded(parse(data), LoadState.OK)
     except Salvaged as exc:
-        value: T | None = exc.value  # type: ignore[assignment]
+        value: T | None = exc.value  # what `parse` kept: a Salvaged[T] for this parse's T
         state, reason = LoadState.SALVAGED, exc.reason
     except (ValueError, TypeError, KeyError) as exc:
         value, state, reason = None, LoadState.CORRUPT, _reason(exc)

@@ -44,7 +44,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 _log = logging.getLogger(__name__)
 
@@ -338,12 +338,12 @@ class _Parser:
             if len(literals) > _MAX_CLASS_CHAIN:
                 raise _Malformed("class chain too long")
             head = self._head()
-        if head == _TAG_NIL:
-            superclass = None
-        else:
-            superclass = self._reference(head)
-            if not isinstance(superclass, _Class) or any(cls is superclass for cls in literals):
+        superclass: _Class | None = None
+        if head != _TAG_NIL:
+            entry = self._reference(head)
+            if not isinstance(entry, _Class) or any(cls is entry for cls in literals):
                 raise _Malformed("class reference to something else, or a cycle")
+            superclass = entry
         for cls in reversed(literals):  # each literal class is followed by its superclass
             if superclass is not None:
                 cls.names = (cls.name, *superclass.names)
@@ -456,7 +456,7 @@ class _Parser:
 
     # -- entry point
 
-    def parse_root(self) -> _Object | None:
+    def parse_root(self) -> _Object:
         """Read the header and the first top-level value; return the root object, possibly incomplete.
 
         Raises `_Malformed` only when not even the root object could be started."""
@@ -542,30 +542,38 @@ def _field(obj: _Object, index: int, type_code: bytes) -> Any:
     return _single(obj.groups[index], type_code) if index < len(obj.groups) else _ABSENT
 
 
+_T = TypeVar("_T")
+
+
+def _memoized(memo: dict[int, _T], obj: _Object, compute: Callable[[_Object], _T]) -> _T:
+    """`compute(obj)`, computed once per object for this `memo`."""
+    key = id(obj)
+    if key not in memo:
+        memo[key] = compute(obj)
+    return memo[key]
+
+
 class _Interpreter:
     """Turns parsed objects into Python values. Each object is interpreted at most once per kind, so a
     blob that references one large object many times costs no more than the object itself."""
 
     def __init__(self) -> None:
-        self._memo: dict[tuple[str, int], Any] = {}
-
-    def _memoized(self, kind: str, obj: _Object, compute: Callable[[_Object], Any]) -> Any:
-        key = (kind, id(obj))  # parsed objects stay alive in the parser's table, so ids are stable
-        if key not in self._memo:
-            self._memo[key] = compute(obj)
-        return self._memo[key]
+        # keyed by id(): parsed objects stay alive in the parser's table, so ids are stable
+        self._strings: dict[int, str | None] = {}
+        self._values: dict[int, AttributeValue] = {}
+        self._attributes: dict[int, Mapping[str, AttributeValue] | None] = {}
 
     def string(self, obj: object) -> str | None:
         """An NSString / NSMutableString: one `+` group of UTF-8 bytes."""
         if not isinstance(obj, _Object) or not obj.is_a("NSString"):
             return None
-        return self._memoized("string", obj, _string_of)
+        return _memoized(self._strings, obj, _string_of)
 
     def value(self, obj: object) -> AttributeValue:
         """An attribute value object (see `AttributeValue`)."""
         if not isinstance(obj, _Object):
             return None
-        return self._memoized("value", obj, self._value_of)
+        return _memoized(self._values, obj, self._value_of)
 
     def _value_of(self, obj: _Object, url_depth: int = 0) -> AttributeValue:
         if obj.is_a("NSString"):
@@ -592,7 +600,7 @@ class _Interpreter:
         """A complete NSDictionary (`i` count, then key and value objects) as a read-only mapping."""
         if not isinstance(obj, _Object) or not obj.complete or not obj.is_a("NSDictionary"):
             return None
-        return self._memoized("attributes", obj, self._attributes_of)
+        return _memoized(self._attributes, obj, self._attributes_of)
 
     def _attributes_of(self, obj: _Object) -> Mapping[str, AttributeValue] | None:
         count = _field(obj, 0, b"i")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +56,16 @@ class Waker:
     """Tells the reader when chat.db may have new rows.
 
     `start()` begins watching `db_path.parent`; `wait(timeout)` blocks until an event (plus
-    `DEBOUNCE_S`) or `timeout` seconds, and returns True when woken by an event. `poke()` wakes it
-    by hand (used at start-up and by `stop()`). If the observer cannot start (e.g. the folder is
-    unreadable), the waker logs it and falls back to the safety poll alone.
+    `DEBOUNCE_S`) or `timeout` seconds, and returns True when woken by an event; `stop()` releases it.
+    If the observer cannot start (e.g. the folder is unreadable), the waker logs it and falls back to the
+    safety poll alone.
     """
 
     def __init__(self, db_path: Path, *, debounce: float = DEBOUNCE_S) -> None:
         self.db_path = db_path
         self.debounce = debounce
         self._event = threading.Event()
-        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._observer: BaseObserver | None = None
         self.stopped = False
 
     def start(self) -> None:
@@ -85,10 +86,6 @@ class Waker:
             )
             return
         self._observer = observer
-
-    def poke(self) -> None:
-        """Wake `wait()` now."""
-        self._event.set()
 
     def wait(self, timeout: float = SAFETY_POLL_S) -> bool:
         """Block until woken (True) or `timeout` seconds pass (False); then re-arm."""

@@ -34,13 +34,14 @@ from imessage_channel.access import (
     UnknownCodeError,
     allow,
     approve,
-    consume_approval,
     deny,
     disallow,
+    discard_approval,
     issue_pairing_code,
     locked,
     pending_approvals,
     prune_expired,
+    read_approval,
     write_approval,
 )
 from imessage_channel.clock import SYSTEM, ManualClock
@@ -487,14 +488,16 @@ def test_approved_files_are_listed_read_and_deleted(tmp_path: Path) -> None:
     write_approval(tmp_path, "friend@icloud.com", "iMessage;-;friend@icloud.com")
     assert stat.S_IMODE((tmp_path / "approved").stat().st_mode) == 0o700
     assert pending_approvals(tmp_path) == [ALICE, "friend@icloud.com"]
-    assert consume_approval(tmp_path, ALICE) == DM_ALICE
+    assert read_approval(tmp_path, ALICE) == DM_ALICE
+    discard_approval(tmp_path, ALICE)
     assert pending_approvals(tmp_path) == ["friend@icloud.com"]
     assert PAIRED_CONFIRMATION == "Paired! Say hi to Claude."
 
 
 def test_an_empty_approved_file_is_deleted_without_a_chat(tmp_path: Path) -> None:
     write(tmp_path / "approved" / ALICE, "\n")
-    assert consume_approval(tmp_path, ALICE) is None
+    assert read_approval(tmp_path, ALICE) is None
+    discard_approval(tmp_path, ALICE)
     assert pending_approvals(tmp_path) == []
 
 

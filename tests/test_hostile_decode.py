@@ -363,7 +363,6 @@ def a_message(**fields: object) -> Message:
         "guid": UUID_UPPER,
         "chat_guid": f"iMessage;-;{FRIEND}",
         "chat_style": 45,
-        "chat_rowid": 1,
         "handle": FRIEND,
         "sender": FRIEND,
         "service": "iMessage",
@@ -433,7 +432,7 @@ def joined_message(placeholders: int, transfers: int, joined: int) -> Message:
 )
 def test_files_missing_counts_what_the_text_and_body_announce(placeholders, transfers, joined, missing) -> None:
     msg = joined_message(placeholders, transfers, joined)
-    assert msg.files_missing == missing and msg.expected_files == joined + missing
+    assert msg.files_missing == missing
     assert msg.attachments_pending is (missing > 0)
 
 

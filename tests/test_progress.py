@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from imessage_channel.cli.progress import Progress, track
+from imessage_channel.cli.progress import Progress
 
 
 class Terminal(io.StringIO):
@@ -50,14 +50,6 @@ def test_a_shorter_line_overwrites_the_longer_one_completely():
     clock.now += 1
     progress.update(7)
     assert term.getvalue() == "\rrows: 123,456\rrows: 7      "
-
-
-def test_track_counts_every_item_and_cleans_up():
-    term = Terminal()
-    items = list(track(range(5), "chats", total=5, stream=term))
-    assert items == [0, 1, 2, 3, 4]
-    assert term.getvalue().startswith("\rchats: 1 / 5 (20%)")
-    assert term.getvalue().endswith("\r")
 
 
 def test_a_closed_stream_counts_as_not_a_terminal():

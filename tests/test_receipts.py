@@ -488,7 +488,7 @@ def test_end_to_end_the_fake_osascript_writes_and_confirm_reads(fake_messages, m
     r = Rig(path, sim)
     pending = r.expect(chat, "Tests pass.", "Sent by Claude")
     result = sender.send_parts(chat.guid, ["Tests pass.", "Sent by Claude"])
-    assert result.parts_sent == 2
+    assert result.parts_total == 2
     confirmation = r.receipts.confirm(pending)
     r.db.close()
     assert confirmation.outcome is outcome

@@ -27,7 +27,6 @@ def msg(text: str = "hello", **fields: object) -> Message:
         guid="G1",
         chat_guid=DM.guid,
         chat_style=45,
-        chat_rowid=1,
         handle=FRIEND,
         sender=FRIEND,
         service="iMessage",
@@ -196,7 +195,7 @@ def tapback(reaction: str, emoji: str, *, removed: bool = False, target: str = T
             'removed 👍 from "Dinner at 8?',
         ),
         (msg("Sure", kind=Kind.REPLY, reply_to=TARGET_GUID), '↩ reply to "Dinner at 8?'),
-        (msg("See you at 8", kind=Kind.EDIT, edit_history=("See you at 7",)), "See you at 8 (edited)"),
+        (msg("See you at 8", kind=Kind.EDIT), "See you at 8 (edited)"),
         (msg("", kind=Kind.UNSEND), "(unsent a message)"),
         (
             msg("", kind=Kind.GROUP_EVENT, item_type=2, group_title="Trip\n2025"),

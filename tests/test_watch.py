@@ -203,7 +203,6 @@ def _message(text: str, **fields: object) -> Message:
         "guid": "G",
         "chat_guid": "iMessage;-;+15551234567",
         "chat_style": 45,
-        "chat_rowid": 1,
         "handle": "+15551234567",
         "sender": "+15551234567",
         "service": "iMessage",

@@ -89,7 +89,7 @@ def cmd_messages(args: argparse.Namespace) -> int:
                 continue
             out.append(
                 render_conversation(
-                    chat, db.participants(guid), chunk, quote=db.text_of, include_receipts=True, show_kind=True
+                    chat, db.participants(chat.guid), chunk, quote=db.text_of, include_receipts=True, show_kind=True
                 )
             )
         print("\n\n".join(out))
@@ -148,7 +148,7 @@ def _watch(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def _add_access_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_access_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`access` and its verbs (the official `/imessage:access` skill's, see access_cli)."""
     # `--json` is accepted before or after the verb; SUPPRESS keeps a sub-parser from resetting it.
     as_json = argparse.ArgumentParser(add_help=False)

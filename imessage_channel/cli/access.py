@@ -202,7 +202,7 @@ def _parse_patterns(value: str) -> tuple[str, ...]:
     if text.startswith("["):
         try:
             parsed = json.loads(text)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             raise AccessCLIError(
                 f'mentionPatterns: {value!r} is not a JSON array ({exc.msg}). Example: \'["^claude\\\\b", "@claude"]\'.'
             ) from None

@@ -23,7 +23,7 @@ import tempfile
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TextIO
 
 import anyio
 from mcp.client.extension import NotificationBinding
@@ -94,7 +94,7 @@ def _server_env(work: Path, db: Path, record: Path) -> dict[str, str]:
 class _Demo:
     """One run: the client session, the events received, what was printed."""
 
-    def __init__(self, work: Path, out: Any) -> None:
+    def __init__(self, work: Path, out: TextIO) -> None:
         self.work, self.out = work, out
         self.db = work / "chat.db"
         self.record = work / "applescript-calls.jsonl"
@@ -185,7 +185,7 @@ class _Demo:
         )
 
 
-async def _run(work: Path, out: Any) -> int:
+async def _run(work: Path, out: TextIO) -> int:
     demo = _Demo(work, out)
     shutil.copyfile(demo_db_path(), demo.db)
     env = _server_env(work, demo.db, demo.record)
@@ -209,7 +209,7 @@ async def _run(work: Path, out: Any) -> int:
     return 0 if ok and sends and extra == 0 else 1
 
 
-def run(out: Any = None) -> int:
+def run(out: TextIO | None = None) -> int:
     """Run the demo, printing to `out` (default stdout). Returns 0 when the loop worked end to end, 130 when
     interrupted (Ctrl-C: the server and the temporary folder are cleaned up, no traceback)."""
     with tempfile.TemporaryDirectory(prefix="imessage-demo-") as tmp:

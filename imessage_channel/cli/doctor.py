@@ -45,7 +45,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from pathlib import Path
@@ -242,7 +242,8 @@ def check_backend(
 def check_automation(self_chat: str | None, sender: Sender) -> Check:
     """Send `TEST_MESSAGE` to self-chat: proves the Automation permission for Messages. Off macOS
     (`sys.platform`), where AppleScript does not exist, it says so instead of trying."""
-    if sys.platform != "darwin":
+    platform: str = sys.platform  # read at each call, so a test can set it; a plain str keeps both branches checked
+    if platform != "darwin":
         return _fail(
             AUTOMATION,
             "sending needs AppleScript, which only macOS has",
@@ -365,8 +366,8 @@ def check_access(state: Path, allow_sms: bool = False, region: str | None = None
 # --- the channel self-check --------------------------------------------------------------------
 
 
-def _pump(stream: object, out: queue.Queue[bytes | None]) -> None:
-    for line in stream:  # type: ignore[attr-defined]
+def _pump(stream: Iterable[bytes], out: queue.Queue[bytes | None]) -> None:
+    for line in stream:
         out.put(line)
     out.put(None)
 
@@ -392,7 +393,21 @@ def check_channel(
         return _handshake(list(argv or [sys.executable, "-m", "imessage_channel", "serve"]), env, timeout)
 
 
+INITIALIZE_REQUEST = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": PROTOCOL_VERSION,
+        "capabilities": {},
+        "clientInfo": {"name": "imessage-channel-doctor", "version": "1"},
+    },
+}
+"""What the self-check sends first, as Claude Code does; the answer carries id 1."""
+
+
 def _handshake(cmd: list[str], env: dict[str, str], timeout: float) -> Check:
+    """Start `cmd`, send `INITIALIZE_REQUEST`, wait at most `timeout` seconds for its answer and judge it."""
     started = time.monotonic()
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -403,69 +418,78 @@ def _handshake(cmd: list[str], env: dict[str, str], timeout: float) -> Check:
     errors: queue.Queue[bytes | None] = queue.Queue()
     threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
     threading.Thread(target=_pump, args=(proc.stderr, errors), daemon=True).start()
-
-    def stderr_tail() -> str:
-        chunks: list[bytes] = []
-        while True:
-            try:
-                chunk = errors.get(timeout=1.0 if proc.poll() is not None else 0)
-            except queue.Empty:
-                break
-            if chunk is None:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks).decode("utf-8", "replace").strip()[-600:]
-
     try:
-        request = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": PROTOCOL_VERSION,
-                "capabilities": {},
-                "clientInfo": {"name": "imessage-channel-doctor", "version": "1"},
-            },
-        }
         try:
-            proc.stdin.write((json.dumps(request) + "\n").encode())
+            proc.stdin.write((json.dumps(INITIALIZE_REQUEST) + "\n").encode())
             proc.stdin.flush()
         except OSError:
             pass  # it exited already; reported below
-        deadline = started + timeout
-        reply: dict[str, object] | None = None
-        while reply is None:
-            try:
-                raw = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                return _fail(CHANNEL, f"no answer to initialize within {timeout:g} s", stderr_tail() or "")
-            if raw is None:
-                proc.wait(timeout=EXIT_TIMEOUT_S)
-                return _fail(
-                    CHANNEL,
-                    f"the server exited (status {proc.returncode}) before answering initialize",
-                    stderr_tail() or "Run `imessage-channel serve` by hand to see why.",
-                )
-            try:
-                msg = json.loads(raw)
-            except ValueError:
-                return _fail(
-                    CHANNEL,
-                    f"stdout carried something that is not JSON-RPC: {raw[:120]!r}",
-                    "Nothing but JSON-RPC may reach stdout, or Claude Code drops the connection; report this.",
-                )
-            if isinstance(msg, dict) and msg.get("id") == 1:
-                reply = msg
-        elapsed = time.monotonic() - started
-        return _judge(reply, elapsed)
+        reply = _initialize_reply(proc, lines, errors, started + timeout, timeout)
+        if isinstance(reply, Check):
+            return reply
+        return _judge(reply, time.monotonic() - started)
     finally:
+        _end(proc)
+
+
+def _initialize_reply(
+    proc: subprocess.Popen[bytes],
+    lines: queue.Queue[bytes | None],
+    errors: queue.Queue[bytes | None],
+    deadline: float,
+    timeout: float,
+) -> dict[str, object] | Check:
+    """The server's answer to `INITIALIZE_REQUEST` from its stdout `lines`, or the failed `Check` when it
+    exits, writes something that is not JSON-RPC, or is silent until `deadline` (monotonic seconds)."""
+    while True:
+        try:
+            raw = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            return _fail(CHANNEL, f"no answer to initialize within {timeout:g} s", _stderr_tail(proc, errors) or "")
+        if raw is None:
+            proc.wait(timeout=EXIT_TIMEOUT_S)
+            return _fail(
+                CHANNEL,
+                f"the server exited (status {proc.returncode}) before answering initialize",
+                _stderr_tail(proc, errors) or "Run `imessage-channel serve` by hand to see why.",
+            )
+        try:
+            msg = json.loads(raw)
+        except ValueError:
+            return _fail(
+                CHANNEL,
+                f"stdout carried something that is not JSON-RPC: {raw[:120]!r}",
+                "Nothing but JSON-RPC may reach stdout, or Claude Code drops the connection; report this.",
+            )
+        if isinstance(msg, dict) and msg.get("id") == 1:
+            return msg
+
+
+def _stderr_tail(proc: subprocess.Popen[bytes], errors: queue.Queue[bytes | None]) -> str:
+    """The last 600 characters the server wrote to stderr so far (waiting up to a second per chunk once it
+    has exited, so its last words are in)."""
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = errors.get(timeout=1.0 if proc.poll() is not None else 0)
+        except queue.Empty:
+            break
+        if chunk is None:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", "replace").strip()[-600:]
+
+
+def _end(proc: subprocess.Popen[bytes]) -> None:
+    """Close the server's stdin (its cue to exit) and wait for it; killed after `EXIT_TIMEOUT_S`."""
+    if proc.stdin is not None:
         with contextlib.suppress(OSError):
             proc.stdin.close()
-        try:
-            proc.wait(timeout=EXIT_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    try:
+        proc.wait(timeout=EXIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _judge(reply: dict[str, object], elapsed: float) -> Check:

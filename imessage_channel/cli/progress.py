@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import TextIO, TypeVar
-
-T = TypeVar("T")
+from collections.abc import Callable
+from typing import TextIO
 
 REDRAW_INTERVAL_S = 0.1
 """Minimum time between two redraws: often enough to look alive, rarely enough to cost nothing."""
@@ -92,14 +90,6 @@ class Progress:
             self.stream.write("\r" + " " * self._width + "\r")
             self.stream.flush()
         self._width = 0
-
-
-def track(items: Iterable[T], label: str, total: int | None = None, **options: object) -> Iterator[T]:
-    """Yield `items`, counting each in a `Progress(label, total, **options)` closed at the end."""
-    with Progress(label, total, **options) as progress:  # type: ignore[arg-type]
-        for item in items:
-            yield item
-            progress.advance()
 
 
 def _is_tty(stream: TextIO) -> bool:

@@ -33,7 +33,7 @@ import os
 import plistlib
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -108,6 +108,28 @@ def register_trigger_stubs(conn: sqlite3.Connection) -> None:
     """Register no-op stubs of `TRIGGER_FUNCTIONS` on a writing connection (per connection)."""
     for name, (n_args, result) in TRIGGER_FUNCTIONS.items():
         conn.create_function(name, n_args, lambda *_args, _r=result: _r, deterministic=True)
+
+
+def _attributed_body(text: str, att_guids: Sequence[str], *, transfer_runs: bool) -> tuple[str, bytes | None]:
+    """A message's full text (one U+FFFC per file, then `text`) and its attributedBody as Messages writes it:
+    a run per file (its part number and, with `transfer_runs`, its transfer GUID), then one for the text. The
+    body is None when the message has neither."""
+    full = "\ufffc" * len(att_guids) + text
+    runs = [AttributeRun(i, 1, {PART: i, **({TRANSFER: g} if transfer_runs else {})}) for i, g in enumerate(att_guids)]
+    if text:
+        runs.append(AttributeRun(len(att_guids), utf16_len(text), {PART: len(att_guids)}))
+    return full, (encode_attributed_body(full, runs, mutable=True) if full else None)
+
+
+def _associated(target_guid: str, part: int, code: int) -> dict[str, object]:
+    """The columns of a row that acts on part `part` of message `target_guid` (`associated_message_type` `code`:
+    a tapback, its removal, a placed sticker)."""
+    return {
+        "associated_message_guid": f"p:{part}/{target_guid}",
+        "associated_message_type": code,
+        "associated_message_range_location": 0,
+        "associated_message_range_length": 1,
+    }
 
 
 def _guid() -> str:
@@ -285,20 +307,14 @@ class MessagesSimulator:
         join: bool = True,
         attachment_joins: bool = True,
         transfer_runs: bool = True,
-        extra: dict[str, object] | None = None,
+        extra: Mapping[str, object] | None = None,
     ) -> RowRef:
         service = service or (chat.service if chat and chat.service != "any" else "iMessage")
         when = date or self.clock()
         ns = to_apple_ns(when)
         guid = _guid()
         att_guids = [_guid() for _ in attachments]
-        full = "\ufffc" * len(attachments) + text
-        runs = [
-            AttributeRun(i, 1, {PART: i, **({TRANSFER: g} if transfer_runs else {})}) for i, g in enumerate(att_guids)
-        ]
-        if text:
-            runs.append(AttributeRun(len(attachments), utf16_len(text), {PART: len(attachments)}))
-        body = encode_attributed_body(full, runs, mutable=True) if full else None
+        full, body = _attributed_body(text, att_guids, transfer_runs=transfer_runs)
         self._begin()
         try:
             handle_id = self.handle(handle, service) if handle else 0
@@ -330,13 +346,17 @@ class MessagesSimulator:
             att_rowids = [
                 self._attachment(spec, g, ns, is_from_me) for spec, g in zip(attachments, att_guids, strict=True)
             ]
-            if attachment_joins:
-                self._join_attachments(rowid, att_rowids)
-            else:
-                self._unjoined[rowid] = att_rowids
+            self._join_or_hold(rowid, att_rowids, join=attachment_joins)
             return RowRef(rowid, guid)
         finally:
             self._end()
+
+    def _join_or_hold(self, rowid: int, att_rowids: list[int], *, join: bool) -> None:
+        """Join the new message's attachments now, or hold them back for `join_attachments` (a late join)."""
+        if join:
+            self._join_attachments(rowid, att_rowids)
+        else:
+            self._unjoined[rowid] = att_rowids
 
     def join_chat(self, message_rowid: int, chat: ChatRef, message_date: int | None = None) -> None:
         """Write the `chat_message_join` row for a message (separately, to simulate late joins)."""
@@ -509,13 +529,7 @@ class MessagesSimulator:
     ) -> RowRef:
         """A tapback on `target_guid` (`p:<part>/GUID`), or its removal. `sender=None`: the owner's."""
         code = REACTION_CODES[reaction] + (3000 if removed else 2000)
-        extra = {
-            "associated_message_guid": f"p:{part}/{target_guid}",
-            "associated_message_type": code,
-            "associated_message_range_location": 0,
-            "associated_message_range_length": 1,
-            "associated_message_emoji": emoji,
-        }
+        extra = {**_associated(target_guid, part, code), "associated_message_emoji": emoji}
         verb = {"love": "Loved", "like": "Liked", "dislike": "Disliked", "laugh": "Laughed at"}.get(
             reaction, "Reacted to"
         )
@@ -536,12 +550,7 @@ class MessagesSimulator:
         """A sticker dragged onto the bubble of `target_guid`: `associated_message_type` 1000 with
         `p:<part>/GUID`, the sticker as the row's attachment (one U+FFFC in the text), as imessage-exporter
         reads such rows. `sender=None`: the owner's."""
-        extra = {
-            "associated_message_guid": f"p:{part}/{target_guid}",
-            "associated_message_type": 1000,
-            "associated_message_range_location": 0,
-            "associated_message_range_length": 1,
-        }
+        extra = _associated(target_guid, part, 1000)
         spec = dataclasses.replace(sticker, is_sticker=True)
         return self._message(
             chat, text="", handle=sender, is_from_me=sender is None, attachments=[spec], date=date, extra=extra

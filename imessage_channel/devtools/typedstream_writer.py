@@ -191,8 +191,8 @@ class _Writer:
             self.number(_int_type(value), int(value))
         elif isinstance(value, float):
             self.number("d", value)
-        else:  # bytes-like, checked by _attributes_key
-            self.data(bytes(value))  # type: ignore[arg-type]
+        elif value is not None:  # bytes-like (None is refused by _attributes_key)
+            self.data(bytes(value))
 
 
 def _int_type(value: int) -> str:

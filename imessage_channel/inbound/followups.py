@@ -20,8 +20,10 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Protocol, TypeVar
 
 from ..appletime import to_apple_ns
 from ..chatdb import Attachment, ChatDB, Message
@@ -77,6 +79,22 @@ class _Joining:
     since: float
 
 
+class _Watched(Protocol):
+    since: float  # monotonic seconds when the watch began
+
+
+_W = TypeVar("_W", bound=_Watched)
+
+
+def _give_up(watched: dict[int, _W], limit: float, now: float, what: Callable[[_W], str]) -> None:
+    """Drop the entries of `watched` older than `limit` seconds at `now`, each with a warning: `what(entry)`
+    followed by "; not waiting longer"."""
+    for rowid, entry in list(watched.items()):
+        if now - entry.since > limit:
+            log.warning("%s; not waiting longer", what(entry))
+            del watched[rowid]
+
+
 @dataclass
 class FollowUps:
     """The three watches (see the module docstring). `dry_run` (watch's) watches nothing."""
@@ -123,16 +141,15 @@ class FollowUps:
     def _downloads(self) -> list[Action]:
         """One event per message whose watched downloads finished; downloads watched longer than
         `ATTACHMENT_WAIT_S` are given up."""
-        now = self.clock.monotonic()
-        for rowid, waiting in list(self._waiting.items()):
-            if now - waiting.since > ATTACHMENT_WAIT_S:
-                minutes = ATTACHMENT_WAIT_S / 60
-                log.warning(
-                    "an attachment of message %s did not finish downloading in %.0f min; not waiting longer",
-                    waiting.message.guid,
-                    minutes,
-                )
-                del self._waiting[rowid]
+        _give_up(
+            self._waiting,
+            ATTACHMENT_WAIT_S,
+            self.clock.monotonic(),
+            lambda w: (
+                f"an attachment of message {w.message.guid} did not finish downloading in "
+                f"{ATTACHMENT_WAIT_S / 60:.0f} min"
+            ),
+        )
         if not self._waiting:
             return []
         current = {a.rowid: a for a in self.db.attachments_by_rowid(self._waiting)}
@@ -171,17 +188,12 @@ class FollowUps:
     def _late_joins(self) -> list[Action]:
         """One event per watched message with newly joined files (those still downloading go to the
         download watch); a message watched longer than `JOIN_WATCH_S` is given up with a log line."""
-        now = self.clock.monotonic()
-        for rowid, joining in list(self._joining.items()):
-            if now - joining.since > JOIN_WATCH_S:
-                minutes = JOIN_WATCH_S / 60
-                log.warning(
-                    "%d file(s) of message %s never joined in %.0f min; not waiting longer",
-                    joining.missing,
-                    joining.message.guid,
-                    minutes,
-                )
-                del self._joining[rowid]
+        _give_up(
+            self._joining,
+            JOIN_WATCH_S,
+            self.clock.monotonic(),
+            lambda j: f"{j.missing} file(s) of message {j.message.guid} never joined in {JOIN_WATCH_S / 60:.0f} min",
+        )
         if not self._joining:
             return []
         joined = self.db.attachments_of(self._joining)
