@@ -12,19 +12,24 @@ A fix may name the row's `{handle}` or `{chat}`; `Reason.fix_for` fills them in.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import overload
+from typing import Self, overload
 
 
-class Verdict(StrEnum):
-    """What becomes of a row."""
+class Described(StrEnum):
+    """Base of the decisions that carry their own words (`Verdict`, `routing.Decision`): each member is
+    `(value, description)`, the value a short tag for logs, the description a sentence for people."""
 
     description: str
 
-    def __new__(cls, value: str, description: str) -> Verdict:
+    def __new__(cls, value: str, description: str) -> Self:
         member = str.__new__(cls, value)
         member._value_ = value
         member.description = description
         return member
+
+
+class Verdict(Described):
+    """What becomes of a row."""
 
     DELIVER = ("deliver", "delivered to Claude as a channel event")
     DROP = ("drop", "not delivered")

@@ -30,8 +30,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 
+from .reasons import Described
 from .sessions import SessionInfo
 
 SESSIONS_COMMAND = "/sessions"
@@ -41,16 +41,8 @@ _BOUNDARY = re.compile(r"$|[\s:,;!?]")
 _LEAD = re.compile(r"[\s:,;.!?]*")
 
 
-class Decision(Enum):
+class Decision(Described):
     """How a text was routed. `value` is a short tag for logs; `description` says what happened."""
-
-    description: str
-
-    def __new__(cls, value: str, description: str) -> Decision:
-        member = object.__new__(cls)
-        member._value_ = value
-        member.description = description
-        return member
 
     SESSIONS = ("sessions", "`/sessions` in self-chat: answered by the channel with the live sessions")
     SWITCHED = ("switched", "`@name` alone: the chat now sticks to that live session; nothing to deliver")

@@ -56,7 +56,8 @@ class Waker:
     """Tells the reader when chat.db may have new rows.
 
     `start()` begins watching `db_path.parent`; `wait(timeout)` blocks until an event (plus
-    `DEBOUNCE_S`) or `timeout` seconds, and returns True when woken by an event; `stop()` releases it.
+    `DEBOUNCE_S`) or `timeout` seconds, and returns True when woken by an event; `poke()` wakes it by hand
+    (events of a session that died, to route again at once); `stop()` releases it.
     If the observer cannot start (e.g. the folder is unreadable), the waker logs it and falls back to the
     safety poll alone.
     """
@@ -86,6 +87,10 @@ class Waker:
             )
             return
         self._observer = observer
+
+    def poke(self) -> None:
+        """Wake `wait()` now (from any thread)."""
+        self._event.set()
 
     def wait(self, timeout: float = SAFETY_POLL_S) -> bool:
         """Block until woken (True) or `timeout` seconds pass (False); then re-arm."""

@@ -686,6 +686,26 @@ def _sessions_json(state_dir: Path) -> dict[str, object]:
         return {"sessions": None, "sessions_error": statefile.describe_error(exc)}
 
 
+def _print_status(store: AccessStore, settings: Settings, contacts: Contacts, now: datetime, *, as_json: bool) -> None:
+    """The status (no verb): for people, or as JSON. Raises what `AccessStore.load(strict=True)` raises."""
+    access = store.load(strict=True)
+    if not as_json:
+        print(status_text(access, str(store.path), now, contacts.name_for))
+        print("\n".join(sessions_lines(settings.state_dir, access, now.timestamp())))
+        return
+    now_ms = _ms(now)
+    out = {
+        "path": str(store.path),
+        "static": settings.static_access,
+        "access": access.to_json(),
+        "pending": [_pending_json(c, p, now_ms) for c, p in access.pending.items()],
+        "ignored": list(access.problems),
+        "names": _names_json(access, contacts),
+        **_sessions_json(settings.state_dir),
+    }
+    print(json.dumps(out, indent=2, ensure_ascii=False))
+
+
 def run(args: argparse.Namespace) -> int:
     """Run `imessage-channel access [verb …]` (parsed by `cli.build_parser`). Returns the exit status:
     0 done (also when nothing needed changing), 2 refused (message on stderr, nothing written)."""
@@ -705,22 +725,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = _dispatch(args, store, now, contacts)
         if result is None:
-            access = store.load(strict=True)
-            if as_json:
-                now_ms = _ms(now)
-                out = {
-                    "path": str(store.path),
-                    "static": settings.static_access,
-                    "access": access.to_json(),
-                    "pending": [_pending_json(c, p, now_ms) for c, p in access.pending.items()],
-                    "ignored": list(access.problems),
-                    "names": _names_json(access, contacts),
-                    **_sessions_json(settings.state_dir),
-                }
-                print(json.dumps(out, indent=2, ensure_ascii=False))
-            else:
-                print(status_text(access, str(store.path), now, contacts.name_for))
-                print("\n".join(sessions_lines(settings.state_dir, access, now.timestamp())))
+            _print_status(store, settings, contacts, now, as_json=as_json)
             return 0
     except (AccessCLIError, PairingError) as exc:
         print(f"imessage-channel access: {exc}", file=sys.stderr)
