@@ -119,6 +119,7 @@ class Channel:
         self.problem: str | None = None
         self._outbox_changed = anyio.Event()
         self._told_automation = False
+        self._stopped = False
 
     # -- start -----------------------------------------------------------------------------------------
     def start(self) -> bool:
@@ -198,9 +199,15 @@ class Channel:
             self.ledger.commit(self.pipeline.snapshot())
 
     def stopping(self) -> None:
-        """At exit, before the last stdout lines are written: stop reading and receiving (`Peers.stop_receiving`;
-        the reader closes its connections, whose events the next reader adopts)."""
+        """At exit, as soon as it is decided and before the last stdout lines are written: stop reading and
+        receiving (`Peers.stop_receiving`; the reader closes its connections, whose events the next reader
+        adopts), and cut short a reply waiting for its confirmation. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.waker.stop()
+        if self.replies.receipts is not None:
+            self.replies.receipts.stop()
         self.peers.stop_receiving()
         if self.router is not None:
             self.router.close()

@@ -36,7 +36,6 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-import time
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -321,17 +320,17 @@ class Receipts:
     """Confirms sends against chat.db and watches sent rows for late failures (see the module docstring).
 
     `db` is the server's `ChatDB` (thread-safe). `clock` gives monotonic seconds (`Clock.monotonic`); `sleep`
-    waits that many seconds (tests pass one that advances a `ManualClock`). `confirm` may run in any worker
-    thread while `watch_failures` runs in another: the watch lists are guarded by a lock and no query runs
-    under it. Bounds: `confirm_timeout` (`CONFIRM_TIMEOUT_S`), `watch_window` (`WATCH_WINDOW_S`),
-    `max_watched` (`MAX_WATCHED`)."""
+    waits that many seconds (tests pass one that advances a `ManualClock`; the default wait ends at `stop()`).
+    `confirm` may run in any worker thread while `watch_failures` runs in another: the watch lists are guarded
+    by a lock and no query runs under it. Bounds: `confirm_timeout` (`CONFIRM_TIMEOUT_S`), `watch_window`
+    (`WATCH_WINDOW_S`), `max_watched` (`MAX_WATCHED`)."""
 
     def __init__(
         self,
         db: ChatDB,
         *,
         clock: Clock = SYSTEM,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         confirm_timeout: float = CONFIRM_TIMEOUT_S,
         watch_window: float = WATCH_WINDOW_S,
         max_watched: int = MAX_WATCHED,
@@ -339,7 +338,8 @@ class Receipts:
     ) -> None:
         self.db = db
         self.clock = clock
-        self.sleep = sleep
+        self._stopping = threading.Event()
+        self.sleep = sleep or self._stopping.wait
         self.confirm_timeout = confirm_timeout
         self.watch_window = watch_window
         self.max_watched = max_watched
@@ -386,11 +386,17 @@ class Receipts:
             if result.outcome in (Outcome.SENT, Outcome.FAILED):
                 break
             left = deadline - self.clock.monotonic()
-            if left <= 0:
+            if left <= 0 or self._stopping.is_set():
                 break
             self.sleep(min(next(pauses), left))
         self._track(pending, result)
         return result
+
+    def stop(self) -> None:
+        """The channel is exiting: a `confirm` under way returns at once with what it has seen (Claude Code
+        stops a server with SIGINT and kills it ~100 ms later; a reply waiting for its row must not hold that
+        up)."""
+        self._stopping.set()
 
     def _look(self, pending: Pending, claimed: Iterable[int] = (), found: Sequence[bool] = ()) -> list[SentRow | None]:
         """Read the chat's sent rows after `pending.before_rowid` and pair them with its parts (`match_rows`)."""

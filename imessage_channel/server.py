@@ -299,6 +299,7 @@ class ChannelServer:
 
             def stop(reason: str) -> None:
                 log.info("%s; exiting", reason)
+                self.channel.stopping()  # at once: a reply waiting for its row must not delay the exit
                 scope.cancel()
 
             async def serve(read: Any, write: Any) -> None:

@@ -387,6 +387,7 @@ class Fixture:
             "PATH": f"{FAKES_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             "FAKE_OSASCRIPT_LOG": str(self.osascript_log),
             "FAKE_OSASCRIPT_MODE": "ok",
+            "FAKE_OSASCRIPT_DB": str(self.db),  # a send writes its row, as Messages does: `reply` confirms it
             "PYTHONPATH": str(self.server_root),
         }
 
