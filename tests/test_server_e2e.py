@@ -20,6 +20,7 @@ from mcp.client.stdio import StdioServerParameters
 
 from fixtures.chatdb_builder import create_chatdb
 from imessage_channel.devtools.simulator import AttachmentSpec, MessagesSimulator
+from imessage_channel.receipts import CONFIRM_TIMEOUT_S
 from tests.harness import PERMISSION, ServerProcess, sentinel
 
 OWNER = "owner@example.com"
@@ -446,6 +447,28 @@ def test_exits_on_sigterm(world: World) -> None:
     assert world.server.proc is not None
     world.server.proc.send_signal(signal.SIGTERM)
     assert world.server.wait_exit(10) == 143  # 128 + SIGTERM, quietly
+
+
+def test_sigint_while_a_reply_waits_for_its_row_exits_at_once(tmp_path: Path) -> None:
+    # Claude Code sends SIGINT, then SIGTERM ~100 ms later: a reply still looking for its row in chat.db
+    # (here Messages never writes it) must not hold the exit up for the confirmation's 5 s.
+    w = World(tmp_path, osascript_mode="no-row")
+    try:
+        w.server.send(
+            {
+                "jsonrpc": "2.0",
+                "id": 99,
+                "method": "tools/call",
+                "params": {"name": "reply", "arguments": {"chat_id": w.me.guid, "text": "on its way"}},
+            }
+        )
+        w.server.wait_osascript(1)  # the send ran; the reply now waits for its row
+        assert w.server.proc is not None
+        w.server.proc.send_signal(signal.SIGINT)
+        assert w.server.wait_exit(CONFIRM_TIMEOUT_S - 2) == 130
+        assert "Traceback" not in w.server.stderr()
+    finally:
+        w.server.stop()
 
 
 @pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="waits on a pidfd (Linux)")
