@@ -8,10 +8,12 @@ fresh state dir each time: a first start):
 - spawn → `initialize` reply: `perf_counter()` before `Popen` (the `initialize` request is written at
   once, so interpreter start-up, imports, opening chat.db, owner detection, the ledger and the
   watermark are all inside) to the reply line arriving on stdout;
-- spawn → ready to deliver: right after the reply, the client sends `notifications/initialized` and a
-  self-chat text is committed (`MessagesSimulator.text_self`, typed on the Mac: one row); "ready" is the
-  arrival of that text's `notifications/claude/channel`. It is an upper bound of the moment the server
-  can deliver: it includes one delivery (commit → event, reported separately, ≈ 4 ms);
+- spawn → ready to deliver: right after the reply, the client sends `notifications/initialized` and
+  `tools/list`, as Claude Code does, and a self-chat text is committed (`MessagesSimulator.text_self`, typed
+  on the Mac: one row); "ready" is the arrival of that text's `notifications/claude/channel`. It is an upper
+  bound of the moment the server can deliver: it includes one delivery (commit → event, reported
+  separately, ≈ 4 ms) and, by design, the `server.LISTEN_GRACE_S` (300 ms) the server waits after
+  `tools/list` before its first event (Claude Code listens only from then on);
 - peak RSS: `VmHWM` from `/proc/<pid>/status`, once ready and at the end (after the tool calls);
 - `chat_messages` with `limit` 100 and no `chat_guid` (every chat the channel may answer: self-chat
   and the allowlisted DMs), `--calls` times over stdio: request written → response line received,
@@ -122,6 +124,7 @@ def one_run(db: Path, work: Path, contacts: list[str], calls: int, index: int) -
             target.wait_ready(60)
             assert target.ready_at is not None
             target.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+            target.wait_response(target.request("tools/list", {})[0], 30)
             guid = write_one(sim, chat, f"ready? {index}")
             committed = time.perf_counter()
             if target.wait_for({guid}, 30):
