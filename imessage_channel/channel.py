@@ -381,16 +381,22 @@ class Channel:
                     lost_verdict = False
                 out.append(action)
                 continue
-            routed = router.route(action, pins)
-            if routed.reply is not None:
-                out.append(Send(routed.chat, routed.reply))
-            if routed.event is None or routed.target is None:
-                log.info("%s: %s", routed.decision.value, routed.decision.description)
-                continue
-            back = router.hand_off(routed.event, routed.target, pins)
-            if back is not None:
-                out.append(as_action(back))
+            try:
+                out += self._route_one(action, router, pins)
+            except Exception:  # one event that cannot be routed is delivered here, never lost
+                log.exception("routing failed for %s; delivered in this session", action.meta.get("message_id"))
+                out.append(action)
         return out
+
+    def _route_one(self, action: Deliver, router: Router, pins: dict[str, str]) -> list[Action]:
+        """One event: what stays in this session (the event, a routing reply); the rest is handed off."""
+        routed = router.route(action, pins)
+        out: list[Action] = [] if routed.reply is None else [Send(routed.chat, routed.reply)]
+        if routed.event is None or routed.target is None:
+            log.info("%s: %s", routed.decision.value, routed.decision.description)
+            return out
+        back = router.hand_off(routed.event, routed.target, pins)
+        return out if back is None else [*out, as_action(back)]
 
     def _execute(self, action: Action, push: Push, tg: anyio.abc.TaskGroup) -> None:
         if isinstance(action, Deliver):

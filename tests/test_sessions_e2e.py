@@ -248,3 +248,13 @@ def test_the_reader_killed_mid_burst_every_text_is_delivered_exactly_once(tmp_pa
         assert survivors.count("takes over reading iMessage") == 1
     finally:
         crowd.close()
+
+
+def test_an_event_that_cannot_be_handed_off_is_delivered_by_the_reader_not_lost(pair: Crowd) -> None:
+    # A message GUID Messages accepts (plain, 250 characters) but too long for a handoff event id.
+    with pair.sim.batch():
+        row = pair.sim.send(pair.me, "odd id")
+        pair.sim.conn.execute("UPDATE message SET guid = ? WHERE ROWID = ?", ("A" * 250, row.rowid))
+    pair.settle()
+    assert pair.by_session() == {"alpha": ["odd id"], "beta": []}
+    assert "routing failed for" in pair.servers["alpha"].stderr()
