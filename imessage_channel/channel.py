@@ -346,9 +346,13 @@ class Channel:
             if orphan.method != CHANNEL:
                 log.info("a permission verdict for a session that ended was dropped")
                 continue
-            chat = str(orphan.params.get("meta", {}).get("chat_id", ""))
-            target, again = router.redirect(orphan, chat, pins)
-            back = router.deliver(again, target, pins)
+            try:
+                chat = str(orphan.params.get("meta", {}).get("chat_id", ""))
+                target, again = router.redirect(orphan, chat, pins)
+                back = router.deliver(again, target, pins)
+            except Exception:  # delivered here rather than lost
+                log.exception("could not route again an event of a session that ended; delivering it here")
+                back = orphan
             if back is not None:
                 actions.append(as_action(back))
         polled, decisions = pipeline.poll(BATCH)
