@@ -25,6 +25,18 @@ from tests.harness import DemoRun
 
 ChatDBFactory = Callable[..., tuple[Path, MessagesSimulator]]
 
+PYCACHE = Path(__file__).resolve().parents[1] / ".pytest_cache" / "pycache"
+"""Where the suite keeps compiled bytecode when the environment forbids writing it (`PYTHONDONTWRITEBYTECODE`):
+without it every test process (each xdist worker, the fork server, each CLI run, each fake `osascript`) compiles
+pytest, the package and every test module again (assertion rewriting included), about 4 s of CPU per worker. The
+cache stays out of the source tree (under `.pytest_cache`, as `PYTHONPYCACHEPREFIX`)."""
+
+if sys.dont_write_bytecode and sys.pycache_prefix is None:
+    sys.dont_write_bytecode = False
+    sys.pycache_prefix = str(PYCACHE)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
+
 
 @pytest.fixture
 def chatdb_factory(tmp_path: Path) -> Iterator[ChatDBFactory]:
