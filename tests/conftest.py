@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -81,8 +83,24 @@ def reference_db(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_run() -> DemoRun:
-    """The demo command, run once per test session (it starts two interpreters: ~3 s of CPU)."""
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """The demo command, run once per test run (it starts two interpreters: ~3 s of CPU). Under xdist the
+    first worker that needs it runs it, holding a lock in the run's shared temporary folder, and leaves the
+    result there for the others."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return _run_demo()
+    shared = tmp_path_factory.getbasetemp().parent  # the run's folder; each worker's basetemp is below it
+    with (shared / "demo_run.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        saved = shared / "demo_run.pickle"
+        if saved.exists():
+            return pickle.loads(saved.read_bytes())
+        run = _run_demo()
+        saved.write_bytes(pickle.dumps(run))
+        return run
+
+
+def _run_demo() -> DemoRun:
     from imessage_channel.cli.demo import demo_db_path
 
     before = demo_db_path().read_bytes()
