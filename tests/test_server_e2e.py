@@ -19,6 +19,7 @@ from mcp.client.stdio import StdioServerParameters
 
 from fixtures.chatdb_builder import create_chatdb
 from imessage_channel.devtools.simulator import AttachmentSpec, MessagesSimulator
+from tests import zygote_client
 from tests.harness import PERMISSION, ServerProcess, sentinel
 
 OWNER = "owner@example.com"
@@ -93,7 +94,8 @@ def test_a_client_that_probes_server_discover_first_still_sees_a_channel(tmp_pat
     `experimental`, and Claude Code would not register a channel (design §3). Pin `serve_loop`."""
     db = create_chatdb(tmp_path / "chat.db", "sequoia")
     env = {"IMESSAGE_DB_PATH": str(db), "IMESSAGE_STATE_DIR": str(tmp_path / "state"), "IMESSAGE_LOG_LEVEL": "ERROR"}
-    params = StdioServerParameters(command=sys.executable, args=["-m", "imessage_channel", "serve"], env=env)
+    prefix, extra = zygote_client.command()  # the server forked by the test fork server: no second import
+    params = StdioServerParameters(command=prefix[0], args=[*prefix[1:], "serve"], env={**env, **extra})
 
     async def connect() -> dict:
         async with Client(params) as client:  # mode="auto": server/discover, then fallback
