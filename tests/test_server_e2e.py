@@ -384,8 +384,12 @@ def test_pairing_policy_texts_a_code_and_approved_file_gets_a_confirmation(tmp_p
         approved = w.server.state / "approved"
         env = {**os.environ, "IMESSAGE_STATE_DIR": str(w.server.state)}
         cli = [sys.executable, "-m", "imessage_channel", "access", "pair", code]
-        assert subprocess.run(cli, env=env, capture_output=True, timeout=60).returncode == 0  # as the owner does
-        assert (approved / STRANGER).read_text() == stranger.guid
+        os.kill(w.server.proc.pid, signal.SIGSTOP)  # frozen: its next read would take approved/ before we look
+        try:
+            assert subprocess.run(cli, env=env, capture_output=True, timeout=60).returncode == 0  # as the owner does
+            assert (approved / STRANGER).read_text() == stranger.guid
+        finally:
+            os.kill(w.server.proc.pid, signal.SIGCONT)
         w.sim.text_self("wake up", typed_on="mac")  # any wake processes approved/
         confirm = w.server.wait_osascript(2)[1]
         assert confirm["argv"][1:] == ["Paired! Say hi to Claude.", stranger.guid]
