@@ -9,7 +9,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -24,6 +27,33 @@ from imessage_channel.devtools.simulator import MessagesSimulator
 from tests.harness import DemoRun
 
 ChatDBFactory = Callable[..., tuple[Path, MessagesSimulator]]
+
+FAST_CONSTANTS: dict[str, float] = {
+    "imessage_channel.server.LISTEN_GRACE_S": 0.05,
+    "imessage_channel.channel.RECHECK_S": 0.1,
+    "imessage_channel.channel.SAFETY_POLL_S": 0.5,
+}
+"""Pauses that servers started by the fork server (tests/zygote.py, through `ServerProcess`) take shorter, so
+that no test waits them out in full: the 300 ms grace after `tools/list` (about 170 server starts per run), the
+3 s between looks at an unreadable chat.db, and the 5 s safety poll. Tests write their first row as soon as
+`tools/list` is answered; a commit that lands just as the server starts watching chat.db (its WAL frames written
+before the watch, its -shm update after the first read began: a slow fsync on a busy machine) raises no file
+event and is found only by the safety poll. The 50 ms grace makes that rare, the 0.5 s poll makes it cheap.
+Nothing a test checks depends on these lengths. Set for the whole session as `IMESSAGE_TEST_CONSTANTS`; a test
+about a real pause passes `env={"IMESSAGE_TEST_CONSTANTS": "{}"}`."""
+os.environ["IMESSAGE_TEST_CONSTANTS"] = json.dumps(FAST_CONSTANTS)
+
+PYCACHE = Path(__file__).resolve().parents[1] / ".pytest_cache" / "pycache"
+"""Where the suite keeps compiled bytecode when the environment forbids writing it (`PYTHONDONTWRITEBYTECODE`):
+without it every test process (each xdist worker, the fork server, each CLI run, each fake `osascript`) compiles
+pytest, the package and every test module again (assertion rewriting included), about 4 s of CPU per worker. The
+cache stays out of the source tree (under `.pytest_cache`, as `PYTHONPYCACHEPREFIX`)."""
+
+if sys.dont_write_bytecode and sys.pycache_prefix is None:
+    sys.dont_write_bytecode = False
+    sys.pycache_prefix = str(PYCACHE)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
 
 
 @pytest.fixture
@@ -53,8 +83,24 @@ def reference_db(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_run() -> DemoRun:
-    """The demo command, run once per test session (it starts two interpreters: ~3 s of CPU)."""
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """The demo command, run once per test run (it starts two interpreters: ~3 s of CPU). Under xdist the
+    first worker that needs it runs it, holding a lock in the run's shared temporary folder, and leaves the
+    result there for the others."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return _run_demo()
+    shared = tmp_path_factory.getbasetemp().parent  # the run's folder; each worker's basetemp is below it
+    with (shared / "demo_run.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        saved = shared / "demo_run.pickle"
+        if saved.exists():
+            return pickle.loads(saved.read_bytes())
+        run = _run_demo()
+        saved.write_bytes(pickle.dumps(run))
+        return run
+
+
+def _run_demo() -> DemoRun:
     from imessage_channel.cli.demo import demo_db_path
 
     before = demo_db_path().read_bytes()

@@ -8,6 +8,7 @@ really starts `serve` and speaks MCP to it; it is also pointed at impostor serve
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -22,6 +23,7 @@ from imessage_channel.chatdb import ChatDB
 from imessage_channel.cli import doctor, main
 from imessage_channel.cli.doctor import Status
 from imessage_channel.contacts import Contacts
+from tests import zygote_client
 
 FAKES_BIN = Path(__file__).resolve().parent / "fakes" / "bin"
 OWNER = "owner@example.com"
@@ -43,6 +45,17 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     monkeypatch.setenv("IMESSAGE_ADDRESSBOOK_DIR", str(book))
     monkeypatch.delenv("IMESSAGE_CONTACTS", raising=False)
     return {"state": state, "log": log, "book": book}
+
+
+@pytest.fixture
+def forked_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The channel check starts the server through the test fork server (`tests/zygote_exec.py`): the same
+    server over the same pipes, without importing the package again (~1 s of CPU).
+    `test_a_good_setup_passes_every_check_and_exits_0` keeps the real `python -m imessage_channel serve`."""
+    prefix, extra = zygote_client.command()
+    for name, value in extra.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(doctor, "check_channel", functools.partial(doctor.check_channel, argv=[*prefix, "serve"]))
 
 
 @pytest.fixture
@@ -87,7 +100,7 @@ def test_a_good_setup_passes_every_check_and_exits_0(env, good_db, capsys):
     assert osascript_calls(env["log"]) == []  # nothing is sent without --send-test
 
 
-def test_the_check_never_touches_the_state_directory(env, good_db, capsys):
+def test_the_check_never_touches_the_state_directory(env, good_db, capsys, forked_serve):
     env["state"].mkdir(mode=0o700)
     (env["state"] / "access.json").write_text('{"allowFrom": ["friend@example.com"]}', encoding="utf-8")
     os.chmod(env["state"] / "access.json", 0o600)
@@ -96,7 +109,7 @@ def test_the_check_never_touches_the_state_directory(env, good_db, capsys):
     assert sorted(p.name for p in env["state"].iterdir()) == before
 
 
-def test_json_output(env, good_db, capsys):
+def test_json_output(env, good_db, capsys, forked_serve):
     code, out = run_doctor(capsys, "--db", str(good_db), "--json")
     data = json.loads(out)
     assert code == 0 and data["ok"] is True
@@ -212,7 +225,7 @@ def on_a_mac(monkeypatch):
     monkeypatch.setattr(sys, "platform", "darwin")
 
 
-def test_send_test_texts_the_self_chat(env, good_db, capsys, on_a_mac):
+def test_send_test_texts_the_self_chat(env, good_db, capsys, forked_serve, on_a_mac):
     code, out = run_doctor(capsys, "--db", str(good_db), "--send-test")
     assert code == 0, out
     assert f"✓ Automation permission: test message sent to iMessage;-;{OWNER}" in out
@@ -220,7 +233,9 @@ def test_send_test_texts_the_self_chat(env, good_db, capsys, on_a_mac):
     assert call["argv"] == ["-", doctor.TEST_MESSAGE, f"iMessage;-;{OWNER}"]
 
 
-def test_send_test_without_automation_permission_says_how_to_grant_it(env, good_db, capsys, monkeypatch, on_a_mac):
+def test_send_test_without_automation_permission_says_how_to_grant_it(
+    env, good_db, capsys, forked_serve, monkeypatch, on_a_mac
+):
     monkeypatch.setenv("FAKE_OSASCRIPT_MODE", "fail-1743")
     code, out = run_doctor(capsys, "--db", str(good_db), "--send-test")
     assert code == 1
@@ -228,7 +243,7 @@ def test_send_test_without_automation_permission_says_how_to_grant_it(env, good_
     assert "Privacy & Security → Automation" in out
 
 
-def test_send_test_off_macos_says_applescript_needs_a_mac(env, good_db, capsys, monkeypatch):
+def test_send_test_off_macos_says_applescript_needs_a_mac(env, good_db, capsys, forked_serve, monkeypatch):
     monkeypatch.setattr(sys, "platform", "linux")
     code, out = run_doctor(capsys, "--db", str(good_db), "--send-test")
     assert code == 1

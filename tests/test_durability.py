@@ -163,7 +163,7 @@ def test_texts_waiting_at_start_reach_a_client_that_listens_only_after_tools_lis
     waiting = [f"waiting {i}" for i in range(3)]
     for text in waiting:
         rig.sim.receive(rig.friend, FRIEND, text)
-    second = rig.start()
+    second = rig.start(env={"IMESSAGE_TEST_CONSTANTS": "{}"})  # the real LISTEN_GRACE_S (see tests/conftest.py)
     rig.sentinel(second)
     heard = [e["content"] for t, e in second.event_times() if t >= second.listed_at + 0.035]
     assert heard == [*waiting, "sentinel 1"]

@@ -3,7 +3,6 @@ writes to, and the fake `osascript`. Each test reads as one behaviour of the cha
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from mcp.client.stdio import StdioServerParameters
 from fixtures.chatdb_builder import create_chatdb
 from imessage_channel.devtools.simulator import AttachmentSpec, MessagesSimulator
 from imessage_channel.receipts import CONFIRM_TIMEOUT_S
+from tests import zygote_client
 from tests.harness import PERMISSION, ServerProcess, sentinel
 
 OWNER = "owner@example.com"
@@ -95,7 +95,8 @@ def test_a_client_that_probes_server_discover_first_still_sees_a_channel(tmp_pat
     `experimental`, and Claude Code would not register a channel (design §3). Pin `serve_loop`."""
     db = create_chatdb(tmp_path / "chat.db", "sequoia")
     env = {"IMESSAGE_DB_PATH": str(db), "IMESSAGE_STATE_DIR": str(tmp_path / "state"), "IMESSAGE_LOG_LEVEL": "ERROR"}
-    params = StdioServerParameters(command=sys.executable, args=["-m", "imessage_channel", "serve"], env=env)
+    prefix, extra = zygote_client.command()  # the server forked by the test fork server: no second import
+    params = StdioServerParameters(command=prefix[0], args=[*prefix[1:], "serve"], env={**env, **extra})
 
     async def connect() -> dict:
         async with Client(params) as client:  # mode="auto": server/discover, then fallback
@@ -384,9 +385,12 @@ def test_pairing_policy_texts_a_code_and_approved_file_gets_a_confirmation(tmp_p
         approved = w.server.state / "approved"
         env = {**os.environ, "IMESSAGE_STATE_DIR": str(w.server.state)}
         cli = [sys.executable, "-m", "imessage_channel", "access", "pair", code]
-        assert subprocess.run(cli, env=env, capture_output=True, timeout=60).returncode == 0  # as the owner does
-        with contextlib.suppress(FileNotFoundError):  # the server's safety poll may consume it first
+        os.kill(w.server.proc.pid, signal.SIGSTOP)  # frozen: its next read would take approved/ before we look
+        try:
+            assert subprocess.run(cli, env=env, capture_output=True, timeout=60).returncode == 0  # as the owner does
             assert (approved / STRANGER).read_text() == stranger.guid
+        finally:
+            os.kill(w.server.proc.pid, signal.SIGCONT)
         w.sim.text_self("wake up", typed_on="mac")  # any wake processes approved/
         confirm = w.server.wait_osascript(2)[1]
         assert confirm["argv"][1:] == ["Paired! Say hi to Claude.", stranger.guid]

@@ -13,6 +13,12 @@ Protocol, over a Unix socket, one connection per child: the client sends one JSO
 (SCM_RIGHTS); the server answers `{"pid": N}` once the child runs and `{"exit": code}` when it ends (`code`
 as `subprocess` reports it: negative for a signal). This process is single-threaded, so forking it is safe.
 
+Timing constants: a child whose environment has `IMESSAGE_TEST_CONSTANTS` (a JSON object `{"module.NAME": value}`)
+sets those module attributes before it runs (and removes the variable): how the suite shortens a pause that
+production code reads from a module constant at run time (see `FAST_CONSTANTS` in tests/conftest.py). A name that
+does not exist is an error, so a renamed constant fails loudly instead of silently waiting again. Processes started
+by `exec` ignore the variable and keep the real values.
+
 Run: `python tests/zygote.py <socket path>`; it prints `ready` once it accepts connections and exits when
 its parent (the test process) goes away.
 """
@@ -31,11 +37,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import contextlib
+import importlib
 
 import imessage_channel.cli
 import imessage_channel.server
 
 PARENT_CHECK_S = 1.0
+CONSTANTS_VARIABLE = "IMESSAGE_TEST_CONSTANTS"
+
+
+def _set_constants(spec: str) -> None:
+    """Set each `module.NAME` of the JSON object `spec` to its value (see the module docstring)."""
+    for dotted, value in json.loads(spec).items():
+        module_name, name = dotted.rsplit(".", 1)
+        module = importlib.import_module(module_name)
+        if not hasattr(module, name):
+            raise AttributeError(f"{CONSTANTS_VARIABLE}: {module_name} has no {name}")
+        setattr(module, name, value)
 
 
 def _child(request: dict, fds: list[int]) -> None:
@@ -50,6 +68,7 @@ def _child(request: dict, fds: list[int]) -> None:
                 os.close(fd)
         os.environ.clear()
         os.environ.update(request["env"])
+        _set_constants(os.environ.pop(CONSTANTS_VARIABLE, None) or "{}")
         os.chdir(request["cwd"])
         sys.argv = ["imessage-channel", *request["argv"]]
         code = imessage_channel.cli.main(request["argv"])

@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import IO, Any
 
 ZYGOTE = Path(__file__).resolve().parent / "zygote.py"
+FRONT_END = Path(__file__).resolve().parent / "zygote_exec.py"
+ZYGOTE_VARIABLE = "IMESSAGE_TEST_ZYGOTE"
+"""The fork server's socket path, for `zygote_exec.py` (see `command`)."""
 
 _lock = threading.Lock()
 _server: tuple[subprocess.Popen[bytes], str] | None = None
@@ -99,9 +102,22 @@ class ForkedProcess:
         self.send_signal(signal.SIGTERM)
 
 
+def _forking() -> bool:
+    return os.environ.get("IMESSAGE_TEST_EXEC") != "1" and hasattr(os, "fork")
+
+
+def command() -> tuple[list[str], dict[str, str]]:
+    """`(argv prefix, environment additions)` of a command that runs `imessage-channel …` through the fork server,
+    for code under test that starts the server itself: `python tests/zygote_exec.py` with `ZYGOTE_VARIABLE` set,
+    or `python -m imessage_channel` and nothing when `spawn` would not fork."""
+    if not _forking():
+        return [sys.executable, "-m", "imessage_channel"], {}
+    return [sys.executable, str(FRONT_END)], {ZYGOTE_VARIABLE: _socket_path()}
+
+
 def spawn(argv: list[str], *, env: dict[str, str], stderr: IO[bytes], cwd: str | None = None) -> Any:
     """Start `imessage-channel <argv>` with pipes for stdin/stdout and `stderr` (a file); see the module."""
-    if os.environ.get("IMESSAGE_TEST_EXEC") == "1" or not hasattr(os, "fork"):
+    if not _forking():
         return subprocess.Popen(
             [sys.executable, "-m", "imessage_channel", *argv],
             stdin=subprocess.PIPE,
