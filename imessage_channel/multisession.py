@@ -60,6 +60,10 @@ message (`routing` rule 4). Not persisted: after a handover, follow-ups go where
 OUTBOX_SUFFIX = ".outbox.json"
 """A session's own outbox file in `sessions/` (`<id>.outbox.json`)."""
 
+REPEAT_NOTICE_S = 60.0
+"""The owner is told that an `@name` is not running at most once per chat and text of that notice in this
+long: a burst of texts to a session that just ended must not flood the self-chat with the same answer."""
+
 FILES_ONLY = "(files only)"
 """The content of an `@name` text whose only words were the address (its files are in meta)."""
 
@@ -308,6 +312,8 @@ class Router:
         self.guard = SeenGuard(ledger, self.dispatcher)
         """The ledger as the pipeline must see it: a row in flight at another session is seen."""
         self._live: list[SessionInfo] | None = None
+        self.clock = clock
+        self._told: dict[tuple[str, str], float] = {}
 
     def take_over(self) -> int:
         """Adopt every live session's undelivered events (and this one's own), fold every delivered log into
@@ -348,8 +354,11 @@ class Router:
             reader=self.peers.sid,
         )
         self._stick(route.sticky)
+        reply = route.reply
+        if reply is not None and route.decision is routing.Decision.UNKNOWN_NAME and self._told_lately(chat, reply):
+            reply = None
         if not route.decision.delivers or route.target is None:
-            return Routed(route.decision, None, None, chat, route.reply)
+            return Routed(route.decision, None, None, chat, reply)
         content = routed_content(action, route) if action.typed is not None or route.note else action.content
         meta = {k: v for k, v in action.meta.items() if k != "session"} | route.meta
         message_id = action.meta.get("message_id")
@@ -359,7 +368,16 @@ class Router:
             while len(self.origins) > ORIGINS:
                 self.origins.popitem(last=False)
         event = Deliver(content, meta, action.rowid)
-        return Routed(route.decision, event, route.target, chat, route.reply)
+        return Routed(route.decision, event, route.target, chat, reply)
+
+    def _told_lately(self, chat: str, notice: str) -> bool:
+        """True when `notice` went to `chat` within `REPEAT_NOTICE_S` (else remember it now)."""
+        now = self.clock.monotonic()
+        self._told = {k: t for k, t in self._told.items() if now - t < REPEAT_NOTICE_S}
+        if (chat, notice) in self._told:
+            return True
+        self._told[(chat, notice)] = now
+        return False
 
     def _follows(self, action: Deliver) -> str | None:
         """The session that got the message this event is about (a reaction, an edit, a late file)."""

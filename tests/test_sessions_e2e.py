@@ -144,10 +144,12 @@ def test_a_bare_at_name_moves_the_chat_and_is_answered_not_delivered(pair: Crowd
 
 def test_an_unknown_name_is_delivered_to_the_default_with_a_note_and_the_owner_is_told(pair: Crowd) -> None:
     pair.sim.text_self("@gamma deploy it", typed_on="mac")
+    pair.sim.text_self("@gamma and tag it", typed_on="mac")
     pair.settle()
     note = '[No session named "gamma" is running; this went to "beta".]'
-    assert pair.by_session() == {"alpha": [], "beta": [f"{note}\n@gamma deploy it"]}
+    assert pair.by_session() == {"alpha": [], "beta": [f"{note}\n@gamma deploy it", f"{note}\n@gamma and tag it"]}
     told = pair.wait_sent('No session "gamma"')
+    # told once, not once per text (`multisession.REPEAT_NOTICE_S`)
     assert told == [(pair.me.guid, 'No session "gamma" is running; your text went to "beta". Running: alpha, beta.')]
 
 
