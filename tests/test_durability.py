@@ -22,6 +22,7 @@ import pytest
 from fixtures.chatdb_builder import create_chatdb
 from imessage_channel.devtools.simulator import AttachmentSpec, MessagesSimulator, register_trigger_stubs
 from imessage_channel.sender import text_parts
+from tests import zygote_client
 from tests.harness import ServerProcess, sentinel
 
 OWNER = "owner@example.com"
@@ -163,7 +164,7 @@ def test_texts_waiting_at_start_reach_a_client_that_listens_only_after_tools_lis
     waiting = [f"waiting {i}" for i in range(3)]
     for text in waiting:
         rig.sim.receive(rig.friend, FRIEND, text)
-    second = rig.start(env={"IMESSAGE_TEST_CONSTANTS": "{}"})  # the real LISTEN_GRACE_S (see tests/conftest.py)
+    second = rig.start(env=zygote_client.constants(real=("LISTEN_GRACE_S",)))  # the real grace after tools/list
     rig.sentinel(second)
     heard = [e["content"] for t, e in second.event_times() if t >= second.listed_at + 0.035]
     assert heard == [*waiting, "sentinel 1"]
