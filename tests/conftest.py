@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import pickle
 import shutil
@@ -24,24 +23,12 @@ import pytest
 from fixtures import REFERENCE_DB
 from fixtures.chatdb_builder import create_chatdb
 from imessage_channel.devtools.simulator import MessagesSimulator
+from tests import zygote_client
 from tests.harness import DemoRun
 
 ChatDBFactory = Callable[..., tuple[Path, MessagesSimulator]]
 
-FAST_CONSTANTS: dict[str, float] = {
-    "imessage_channel.server.LISTEN_GRACE_S": 0.05,
-    "imessage_channel.channel.RECHECK_S": 0.1,
-    "imessage_channel.channel.SAFETY_POLL_S": 0.5,
-}
-"""Pauses that servers started by the fork server (tests/zygote.py, through `ServerProcess`) take shorter, so
-that no test waits them out in full: the 300 ms grace after `tools/list` (about 170 server starts per run), the
-3 s between looks at an unreadable chat.db, and the 5 s safety poll. Tests write their first row as soon as
-`tools/list` is answered; a commit that lands just as the server starts watching chat.db (its WAL frames written
-before the watch, its -shm update after the first read began: a slow fsync on a busy machine) raises no file
-event and is found only by the safety poll. The 50 ms grace makes that rare, the 0.5 s poll makes it cheap.
-Nothing a test checks depends on these lengths. Set for the whole session as `IMESSAGE_TEST_CONSTANTS`; a test
-about a real pause passes `env={"IMESSAGE_TEST_CONSTANTS": "{}"}`."""
-os.environ["IMESSAGE_TEST_CONSTANTS"] = json.dumps(FAST_CONSTANTS)
+os.environ.update(zygote_client.constants())  # servers forked for tests take the pauses shorter (see there)
 
 PYCACHE = Path(__file__).resolve().parents[1] / ".pytest_cache" / "pycache"
 """Where the suite keeps compiled bytecode when the environment forbids writing it (`PYTHONDONTWRITEBYTECODE`):

@@ -6,6 +6,7 @@ written after the fault: events arrive in ROWID order (see tests/harness.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import pytest
 from fixtures.chatdb_builder import create_chatdb
 from imessage_channel.devtools.simulator import AttachmentSpec, MessagesSimulator, register_trigger_stubs
 from imessage_channel.sender import text_parts
+from tests import zygote_client
 from tests.harness import ServerProcess, sentinel
 
 OWNER = "owner@example.com"
@@ -114,6 +116,20 @@ def test_catch_up_is_bounded_by_age_and_count(tmp_path: Path) -> None:
         rig.close()
 
 
+def writer_blocked(pid: int) -> bool:
+    """Is a thread of process `pid` asleep in a write to a full pipe (the server's stdout writer: the only pipe
+    it writes)? Read from /proc on Linux; where that does not tell, True (then the pipe being nearly full must
+    do: the pipe crosses "nearly full" a few lines before the writer blocks). A kill between a line's write and
+    its `delivered.log` entry would rightly deliver that line twice."""
+    waits = []
+    for wchan in Path(f"/proc/{pid}/task").glob("*/wchan"):
+        with contextlib.suppress(OSError):
+            waits.append(wchan.read_text())
+    if all(wait in ("", "0") for wait in waits):
+        return True  # no /proc, or a kernel that does not name where threads sleep
+    return any("pipe_write" in wait for wait in waits)
+
+
 def test_kill_9_mid_burst_then_restart_delivers_every_message_exactly_once(tmp_path: Path) -> None:
     rig = Rig(tmp_path, env={"IMESSAGE_CATCHUP_MAX": "100000"})
     try:
@@ -121,8 +137,13 @@ def test_kill_9_mid_burst_then_restart_delivers_every_message_exactly_once(tmp_p
         first.pause_reading_after(50)
         with rig.sim.batch():
             rows = [rig.sim.receive(rig.friend, FRIEND, f"burst {i}") for i in range(3000)]
-        first.wait_stdout_pipe_full()  # its writer is now blocked mid-stream: kill it there
+        # Our reader stops after 50 lines; until it has, it may still drain the pipe (a reader thread starved
+        # on a busy machine did so after the pipe had looked full, and the kill then hit a writer mid-line).
+        first.wait_events(50)
+        first.wait_stdout_pipe_full()
         assert first.proc is not None
+        first.wait_for(lambda: writer_blocked(first.proc.pid), "the server's stdout writer to block")
+        # its writer is now blocked mid-stream: kill it there
         first.proc.kill()
         first.proc.wait()
         first.resume_reading()
@@ -163,7 +184,7 @@ def test_texts_waiting_at_start_reach_a_client_that_listens_only_after_tools_lis
     waiting = [f"waiting {i}" for i in range(3)]
     for text in waiting:
         rig.sim.receive(rig.friend, FRIEND, text)
-    second = rig.start(env={"IMESSAGE_TEST_CONSTANTS": "{}"})  # the real LISTEN_GRACE_S (see tests/conftest.py)
+    second = rig.start(env=zygote_client.constants(real=("LISTEN_GRACE_S",)))  # the real grace after tools/list
     rig.sentinel(second)
     heard = [e["content"] for t, e in second.event_times() if t >= second.listed_at + 0.035]
     assert heard == [*waiting, "sentinel 1"]

@@ -15,7 +15,7 @@ as `subprocess` reports it: negative for a signal). This process is single-threa
 
 Timing constants: a child whose environment has `IMESSAGE_TEST_CONSTANTS` (a JSON object `{"module.NAME": value}`)
 sets those module attributes before it runs (and removes the variable): how the suite shortens a pause that
-production code reads from a module constant at run time (see `FAST_CONSTANTS` in tests/conftest.py). A name that
+production code reads from a module constant at run time (see `FAST_CONSTANTS` in tests/zygote_client.py). A name that
 does not exist is an error, so a renamed constant fails loudly instead of silently waiting again. Processes started
 by `exec` ignore the variable and keep the real values.
 
@@ -43,7 +43,7 @@ import imessage_channel.cli
 import imessage_channel.server
 
 PARENT_CHECK_S = 1.0
-CONSTANTS_VARIABLE = "IMESSAGE_TEST_CONSTANTS"
+CONSTANTS_VARIABLE = "IMESSAGE_TEST_CONSTANTS"  # zygote_client.CONSTANTS_VARIABLE
 
 
 def _set_constants(spec: str) -> None:

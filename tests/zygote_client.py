@@ -26,6 +26,30 @@ FRONT_END = Path(__file__).resolve().parent / "zygote_exec.py"
 ZYGOTE_VARIABLE = "IMESSAGE_TEST_ZYGOTE"
 """The fork server's socket path, for `zygote_exec.py` (see `command`)."""
 
+CONSTANTS_VARIABLE = "IMESSAGE_TEST_CONSTANTS"
+"""`{"module.NAME": value}` (JSON) that a forked child sets before it runs (see tests/zygote.py)."""
+
+FAST_CONSTANTS: dict[str, float] = {
+    "imessage_channel.server.LISTEN_GRACE_S": 0.05,
+    "imessage_channel.channel.RECHECK_S": 0.1,
+    "imessage_channel.channel.SAFETY_POLL_S": 0.5,
+}
+"""Pauses that servers forked for tests take shorter, so that no test waits them out in full: the 300 ms grace
+after `tools/list` (about 170 server starts per run), the 3 s between looks at an unreadable chat.db, and the
+5 s safety poll. Tests write their first row as soon as `tools/list` is answered; a commit that lands just as
+the server starts watching chat.db (its WAL frames written before the watch, its -shm update after the first
+read began: a slow fsync on a busy machine) raises no file event and is found only by the safety poll. The
+50 ms grace makes that rare, the 0.5 s poll makes it cheap. Nothing a test checks depends on these lengths.
+tests/conftest.py sets them for the whole session (`constants()`); servers started by `exec` keep the real ones."""
+
+
+def constants(*, real: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment entry that gives forked servers `FAST_CONSTANTS`, but the real value of each constant
+    named in `real` (`"LISTEN_GRACE_S"`): for a test about that pause."""
+    chosen = {name: value for name, value in FAST_CONSTANTS.items() if name.rsplit(".", 1)[1] not in real}
+    return {CONSTANTS_VARIABLE: json.dumps(chosen)}
+
+
 _lock = threading.Lock()
 _server: tuple[subprocess.Popen[bytes], str] | None = None
 
