@@ -397,7 +397,8 @@ def test_an_unwritable_state_dir_is_reported_and_delivery_continues(tmp_path: Pa
 
 
 def test_a_send_that_fails_twice_then_succeeds_is_delivered_from_the_outbox(rig: Rig) -> None:
-    server = rig.start(osascript_mode="fail-600,fail-600,ok")
+    retries = zygote_client.constants(more={"imessage_channel.outbox.BACKOFF_S": [0.1, 0.2]})  # not 1 s, 2 s
+    server = rig.start(osascript_mode="fail-600,fail-600,ok", env=retries)
     result = server.call_tool("reply", {"chat_id": rig.me.guid, "text": "build finished"})
     assert result.get("isError") is not True
     assert "queued" in result["content"][0]["text"] and "Do not resend" in result["content"][0]["text"]

@@ -43,11 +43,12 @@ read began: a slow fsync on a busy machine) raises no file event and is found on
 tests/conftest.py sets them for the whole session (`constants()`); servers started by `exec` keep the real ones."""
 
 
-def constants(*, real: tuple[str, ...] = ()) -> dict[str, str]:
+def constants(*, real: tuple[str, ...] = (), more: dict[str, object] | None = None) -> dict[str, str]:
     """The environment entry that gives forked servers `FAST_CONSTANTS`, but the real value of each constant
-    named in `real` (`"LISTEN_GRACE_S"`): for a test about that pause."""
+    named in `real` (`"LISTEN_GRACE_S"`: for a test about that pause), and `more` (`{"module.NAME": value}`:
+    for a test that would otherwise wait out a pause it does not check)."""
     chosen = {name: value for name, value in FAST_CONSTANTS.items() if name.rsplit(".", 1)[1] not in real}
-    return {CONSTANTS_VARIABLE: json.dumps(chosen)}
+    return {CONSTANTS_VARIABLE: json.dumps({**chosen, **(more or {})})}
 
 
 _lock = threading.Lock()
