@@ -238,7 +238,7 @@ class Channel:
             await self._until_reader(push)
         self.waker.start()
         failing = False
-        followups: list[float] = []
+        followups: list[float] = list(FOLLOW_UP_S)  # a commit made as the watch starts raises no event
         async with anyio.create_task_group() as tg:
             while True:
                 held = False
